@@ -1,0 +1,1 @@
+"""Everything that runs at a hospital: site data, local training, the Flower ClientApp adapter."""

@@ -1,0 +1,111 @@
+"""Local DP training and validation of the fused model at one site (knows nothing of Flower)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from client.metrics import auroc
+from client.site_data import SiteArrays
+from configs.schema import TrainConfig
+from model.batch import ClinicalBatch
+from privacy.accountant import MechanismUse
+from privacy.engine import DPSettings, make_private
+
+
+@dataclass(frozen=True)
+class TrainOutcome:
+    """One local round: mean loss, examples, steps taken and the accountant's full history."""
+
+    loss: float
+    num_examples: int
+    steps: int
+    history: list[MechanismUse]
+
+
+@dataclass(frozen=True)
+class EvalOutcome:
+    """Validation of a global model on the site's held-out split."""
+
+    loss: float
+    auroc: float | None
+    num_examples: int
+
+
+def split_dataset(arrays: SiteArrays, *, validation: bool) -> TensorDataset:
+    """Tensors of the train (or validation) patients, in ClinicalBatch field order."""
+    rows = arrays.is_val if validation else ~arrays.is_val
+    return TensorDataset(
+        torch.from_numpy(arrays.image[rows][:, None]), torch.from_numpy(arrays.labs[rows]),
+        torch.from_numpy(arrays.lab_mask[rows]), torch.from_numpy(arrays.tokens[rows]),
+        torch.from_numpy(arrays.modality_mask[rows]), torch.from_numpy(arrays.label[rows]))
+
+
+def pick_device(name: str) -> torch.device:
+    """'auto' -> CUDA when available, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def batch_loss(model: nn.Module, batch: ClinicalBatch) -> torch.Tensor:
+    """Mean BCE over the batch; an empty Poisson batch gives 0 (its step is still noised)."""
+    logits = model(batch)
+    return F.binary_cross_entropy_with_logits(logits, batch.label, reduction="sum") / max(len(batch.label), 1)
+
+
+def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
+
+
+def train_dp(model: nn.Module, data: TensorDataset, *, cfg: TrainConfig, dp: DPSettings,
+             prior: Sequence[MechanismUse], device: torch.device) -> TrainOutcome:
+    """cfg.local_epochs of DP-SGD (Poisson sampling); the accountant resumes from `prior`."""
+    model.to(device).train()
+    loader = DataLoader(data, batch_size=cfg.batch_size)
+    private = make_private(model, _optimizer(model, cfg), loader, settings=dp, prior=prior)
+    losses: list[float] = []
+    steps = 0
+    try:
+        for _ in range(cfg.local_epochs):
+            for tensors in private.loader:
+                batch = ClinicalBatch(*tensors).to(device)
+                private.optimizer.zero_grad(set_to_none=True)
+                loss = batch_loss(private.model, batch)
+                loss.backward()
+                private.optimizer.step()
+                steps += 1
+                if len(batch.label):
+                    losses.append(float(loss.detach()))
+    finally:
+        private.close()
+    mean_loss = float(np.mean(losses)) if losses else float("nan")
+    return TrainOutcome(mean_loss, len(data), steps, private.history())
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: TensorDataset, *, device: torch.device, batch_size: int = 256
+             ) -> EvalOutcome:
+    """Loss and AUROC of `model` on `data` (AUROC is None when only one class is present)."""
+    model.to(device).eval()
+    labels, scores, total = [], [], 0.0
+    for tensors in DataLoader(data, batch_size=batch_size):
+        batch = ClinicalBatch(*tensors).to(device)
+        logits = model(batch)
+        total += float(F.binary_cross_entropy_with_logits(logits, batch.label, reduction="sum"))
+        labels.append(batch.label.cpu().numpy())
+        scores.append(logits.cpu().numpy())
+    n = len(data)
+    if n == 0:
+        return EvalOutcome(float("nan"), None, 0)
+    return EvalOutcome(total / n, auroc(np.concatenate(labels), np.concatenate(scores)), n)
+
+

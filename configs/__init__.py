@@ -1,0 +1,1 @@
+"""Hydra YAML groups and the typed schema they are parsed into."""

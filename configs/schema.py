@@ -1,0 +1,111 @@
+"""The typed configuration: frozen dataclasses that code below the loader receives."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class LabFeature:
+    """One lab feature of the model input: a code, its canonical unit and conversions."""
+
+    code: str
+    name: str
+    unit: str
+    ref_mean: float
+    ref_sd: float
+    low: float
+    high: float
+    # unit -> factor that multiplies a value in that unit to give the canonical unit
+    conversions: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the site data lives (simulation only) and how it becomes tensors."""
+
+    root: str | None
+    image_size: int
+    window_center: float | None
+    window_width: float | None
+    val_fraction: float
+    split_seed: int
+    note_buckets: int
+    note_max_tokens: int
+    labs: tuple[LabFeature, ...]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Sizes of the multimodal network."""
+
+    image_channels: tuple[int, ...]
+    lab_hidden: int
+    note_dim: int
+    embed_dim: int
+    fusion_hidden: int
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Local training at each site."""
+
+    local_epochs: int
+    batch_size: int
+    optimizer: str
+    lr: float
+    momentum: float
+    device: str
+    num_threads: int
+
+
+@dataclass(frozen=True)
+class PrivacyConfig:
+    """DP-SGD settings requested by the coordinator (sample-level, per site)."""
+
+    target_epsilon: float
+    target_delta: float
+    max_grad_norm: float
+    accountant: str
+    grad_sample_mode: str
+
+
+@dataclass(frozen=True)
+class StrategyConfig:
+    """Federated aggregation."""
+
+    name: str
+    fraction_train: float
+    fraction_evaluate: float
+    min_nodes: int
+
+
+@dataclass(frozen=True)
+class SimulationConfig:
+    """Resources of each virtual site in Flower's simulation engine."""
+
+    cpus_per_site: int
+    gpus_per_site: float
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    """Where run folders go; run_dir pins one (the launcher sets it)."""
+
+    root: str
+    run_dir: str | None
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """A whole experiment, as composed from configs/ plus overrides."""
+
+    rounds: int
+    seed: int
+    data: DataConfig
+    model: ModelConfig
+    train: TrainConfig
+    privacy: PrivacyConfig
+    strategy: StrategyConfig
+    simulation: SimulationConfig
+    output: OutputConfig

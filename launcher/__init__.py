@@ -1,0 +1,1 @@
+"""The `fedclinic` command: synthetic hospitals, simulated runs and the demo."""

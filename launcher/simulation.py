@@ -1,0 +1,62 @@
+"""Run the fedclinic Flower app in Flower's simulation engine, one virtual site per folder.
+
+This uses the same entry point as `flwr run` in local simulation (the app directory, its
+pyproject config fused with our overrides), without a detached SuperLink. flwr is imported
+here, inside functions, and only after telemetry and runtime dependency installs are off.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import shlex
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+APP_DIR = Path(__file__).resolve().parent.parent
+
+
+def quiet_flower() -> None:
+    """No telemetry from a hospital tool, no runtime `uv sync`, no INFO chatter."""
+    os.environ["FLWR_TELEMETRY_ENABLED"] = "0"
+    os.environ["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+def backend_config(num_sites: int, cpus_per_site: int, gpus_per_site: float) -> dict[str, dict[str, object]]:
+    """Ray on loopback only, no dashboard, sized to the machine."""
+    return {
+        "client_resources": {"num_cpus": cpus_per_site, "num_gpus": gpus_per_site},
+        "init_args": {"include_dashboard": False, "_node_ip_address": "127.0.0.1",
+                      "num_cpus": max(os.cpu_count() or 1, cpus_per_site),
+                      "logging_level": logging.ERROR, "log_to_driver": True},
+    }
+
+
+def run_simulation(overrides: Sequence[str], *, num_sites: int, cpus_per_site: int,
+                   gpus_per_site: float) -> None:
+    """Run server.app:app and client.app:app with `overrides` as the run's Hydra overrides."""
+    if not (APP_DIR / "pyproject.toml").is_file():
+        raise RuntimeError(f"the fedclinic app folder {APP_DIR} has no pyproject.toml; "
+                           "install fedclinic from its source folder (pip install -e .)")
+    quiet_flower()
+    from flwr.app import Context, RecordDict
+    from flwr.common.config import get_fused_config_from_dir
+    from flwr.simulation.run_simulation import _run_simulation
+    from flwr.supercore.run import Run
+    from flwr.supercore.telemetry import EventType
+
+    run = Run.create_empty(run_id=secrets.randbits(63))
+    run = replace(run, override_config={"overrides": shlex.join(overrides)}, primary_task_id=secrets.randbits(63),
+                  federation_id="")
+    context = Context(run_id=run.run_id, node_id=0, node_config={}, state=RecordDict(),
+                      run_config=get_fused_config_from_dir(APP_DIR, run.override_config))
+    logging.getLogger("flwr").setLevel(logging.WARNING)
+    _run_simulation(server_app_attr="server.app:app", client_app_attr="client.app:app",
+                    num_supernodes=num_sites, backend_name="ray",
+                    backend_config=backend_config(num_sites, cpus_per_site, gpus_per_site),
+                    app_dir=str(APP_DIR), run=run, server_app_context=context, is_app=True,
+                    exit_event=EventType.FLWR_SIMULATION_RUN_LEAVE)

@@ -1,0 +1,1 @@
+"""The networks (Opacus-compatible by construction) and weight exchange."""

@@ -1,0 +1,1 @@
+"""Accounting, noise calibration, the site ledger and policy, secure aggregation glue."""

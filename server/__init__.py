@@ -1,0 +1,1 @@
+"""The coordinator: strategy, rounds, checkpoints, evaluation aggregation, reports."""

@@ -1,0 +1,86 @@
+"""The Flower ServerApp adapter: FedAvg over the sites, recorded into a run folder."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord
+from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import FedAvg
+
+from configs.load import load_experiment, split_overrides, to_yaml
+from model.exchange import state_to_numpy
+from model.networks import build_model
+from server.evaluation import SiteEvaluation
+from server.recorder import RunRecorder, SiteTraining
+from server.run_folder import CONFIG, SUMMARY, create_run_folder, save_checkpoint, write_json
+from server.summary import build_summary
+from storage.atomic import write_atomic
+
+app = ServerApp()
+
+
+def _site(msg: Message) -> str:
+    records = msg.content.config_records
+    return str(records["site"]["name"]) if "site" in records else f"node-{msg.metadata.src_node_id}"
+
+
+def _metrics(msg: Message) -> MetricRecord:
+    return next(iter(msg.content.metric_records.values()))
+
+
+class RecordingFedAvg(FedAvg):
+    """FedAvg that also records each site's metrics and checkpoints every aggregated model."""
+
+    def __init__(self, recorder: RunRecorder, run_dir: Path, **kwargs: float | int) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.recorder, self.run_dir = recorder, run_dir
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = list(replies)
+        arrays, metrics = super().aggregate_train(server_round, replies)
+        ok = [m for m in replies if not m.has_error()]
+        self.recorder.trained(server_round, [SiteTraining(
+            _site(m), float(_metrics(m)["train-loss"]), int(_metrics(m)["num-examples"]),
+            float(_metrics(m)["epsilon"]), float(_metrics(m)["delta"])) for m in ok],
+            failures=len(replies) - len(ok))
+        if arrays is not None:
+            save_checkpoint(self.run_dir, {k: v.numpy() for k, v in arrays.items()}, server_round)
+        return arrays, metrics
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        replies = list(replies)
+        ok, _ = self._check_and_log_replies(replies, is_train=False)
+        evals = [SiteEvaluation(_site(m), float(_metrics(m)["auroc"]) if _metrics(m)["auroc-defined"] else None,
+                                float(_metrics(m)["eval-loss"]), int(_metrics(m)["num-examples"])) for m in ok]
+        result = self.recorder.evaluated(server_round, evals, failures=len(replies) - len(ok))
+        values = {"auroc": result.auroc, "loss": result.loss}
+        return MetricRecord({k: float(v) for k, v in values.items() if v is not None}) if ok else None
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Compose the config, run FedAvg for cfg.rounds, write the run folder."""
+    overrides = split_overrides(str(context.run_config.get("overrides", "")))
+    cfg = load_experiment(overrides)
+    run_dir = Path(cfg.output.run_dir) if cfg.output.run_dir else create_run_folder(Path(cfg.output.root))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not (run_dir / CONFIG).exists():
+        write_atomic(run_dir / CONFIG, to_yaml(overrides).encode())
+    model = build_model(cfg.model, num_labs=len(cfg.data.labs), note_buckets=cfg.data.note_buckets,
+                        seed=cfg.seed)
+    initial = ArrayRecord({k: Array(v) for k, v in state_to_numpy(model).items()})
+    recorder = RunRecorder(cfg.rounds)
+    s = cfg.strategy
+    strategy = RecordingFedAvg(recorder, run_dir, fraction_train=s.fraction_train,
+                               fraction_evaluate=s.fraction_evaluate, min_train_nodes=s.min_nodes,
+                               min_evaluate_nodes=s.min_nodes, min_available_nodes=s.min_nodes)
+    with recorder.live():
+        result = strategy.start(grid=grid, initial_arrays=initial, num_rounds=cfg.rounds,
+                                train_config=ConfigRecord(), evaluate_config=ConfigRecord())
+    save_checkpoint(run_dir, {k: v.numpy() for k, v in result.arrays.items()}, cfg.rounds)
+    write_json(run_dir / SUMMARY, build_summary(cfg, recorder, run_dir.name))
+    recorder.console.print(recorder.table())
+    recorder.console.print(f"run folder: {run_dir}")

@@ -1,0 +1,112 @@
+"""What happened in each round, shown live and turned into the run summary."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from server.evaluation import GlobalEvaluation, SiteEvaluation, aggregate
+
+
+@dataclass(frozen=True)
+class SiteTraining:
+    """One site's training report for a round (numbers only)."""
+
+    site: str
+    loss: float
+    num_examples: int
+    epsilon: float
+    delta: float
+
+
+@dataclass
+class RoundRecord:
+    """Training and evaluation of one round."""
+
+    round: int
+    training: list[SiteTraining] = field(default_factory=list)
+    train_failures: int = 0
+    evaluation: GlobalEvaluation | None = None
+    site_evals: list[SiteEvaluation] = field(default_factory=list)
+    eval_failures: int = 0
+
+    @property
+    def max_epsilon(self) -> float | None:
+        return max((t.epsilon for t in self.training), default=None)
+
+
+class RunRecorder:
+    """Collects per-round results; drives a progress bar and prints one line per round."""
+
+    def __init__(self, total_rounds: int, console: Console | None = None) -> None:
+        self.total_rounds = total_rounds
+        self.console = console or Console()
+        self.rounds: dict[int, RoundRecord] = {}
+        self._progress: Progress | None = None
+        self._task: int | None = None
+
+    def _round(self, number: int) -> RoundRecord:
+        return self.rounds.setdefault(number, RoundRecord(number))
+
+    @contextmanager
+    def live(self) -> Iterator[None]:
+        """Show a progress bar over the rounds while the block runs."""
+        columns = (TextColumn("[bold]federated rounds"), BarColumn(), MofNCompleteColumn(),
+                   TimeElapsedColumn())
+        with Progress(*columns, console=self.console, transient=True) as progress:
+            self._progress, self._task = progress, progress.add_task("rounds", total=self.total_rounds)
+            try:
+                yield
+            finally:
+                self._progress = None
+
+    def trained(self, number: int, sites: Sequence[SiteTraining], failures: int) -> None:
+        record = self._round(number)
+        record.training, record.train_failures = list(sites), failures
+
+    def evaluated(self, number: int, sites: Sequence[SiteEvaluation], failures: int) -> GlobalEvaluation:
+        record = self._round(number)
+        record.site_evals, record.eval_failures = list(sites), failures
+        record.evaluation = aggregate(sites)
+        self.console.print(_round_line(record, self.total_rounds))
+        if self._progress is not None and self._task is not None:
+            self._progress.update(self._task, completed=number)
+        return record.evaluation
+
+    def table(self) -> Table:
+        """Round, AUROC, loss, max epsilon over sites, and failures."""
+        table = Table(title="fedclinic rounds (weighted federated evaluation)")
+        for name in ("round", "AUROC", "loss", "max ε (sites)", "site failures"):
+            table.add_column(name, justify="right")
+        for r in sorted(self.rounds.values(), key=lambda r: r.round):
+            ev = r.evaluation
+            table.add_row(str(r.round), _fmt(ev.auroc if ev else None), _fmt(ev.loss if ev else None),
+                          _fmt(r.max_epsilon, 2), str(r.train_failures + r.eval_failures))
+        return table
+
+    def last_site_values(self) -> Mapping[str, dict[str, float | int | None]]:
+        """Final ε, δ, training size and AUROC of every site that ever reported."""
+        sites: dict[str, dict[str, float | int | None]] = {}
+        for r in sorted(self.rounds.values(), key=lambda r: r.round):
+            for t in r.training:
+                sites.setdefault(t.site, {"auroc": None}).update(
+                    epsilon=t.epsilon, delta=t.delta, num_train=t.num_examples)
+            for e in r.site_evals:
+                sites.setdefault(e.site, {"epsilon": None, "delta": None, "num_train": None})["auroc"] = e.auroc
+        return sites
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _round_line(r: RoundRecord, total: int) -> str:
+    ev = r.evaluation
+    return (f"round {r.round}/{total}: AUROC {_fmt(ev.auroc if ev else None)}  "
+            f"loss {_fmt(ev.loss if ev else None)}  max ε {_fmt(r.max_epsilon, 2)}  "
+            f"sites {len(r.training)} trained, {r.train_failures + r.eval_failures} failed")

@@ -1,0 +1,54 @@
+"""runs/<run-id>/: the resolved config, the global checkpoint and summary.json."""
+
+from __future__ import annotations
+
+import json
+import io
+import secrets
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from storage.atomic import write_atomic
+
+CONFIG, CHECKPOINT, SUMMARY = "config.yaml", "global_model.pt", "summary.json"
+
+
+def new_run_id() -> str:
+    """Sortable and unique: UTC time plus 4 random hex digits."""
+    return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(2)
+
+
+def create_run_folder(root: Path) -> Path:
+    """A new, empty runs/<run-id>/ folder."""
+    root.mkdir(parents=True, exist_ok=True)
+    while True:
+        path = root / new_run_id()
+        try:
+            path.mkdir()
+            return path.resolve()
+        except FileExistsError:
+            continue
+
+
+def save_checkpoint(run_dir: Path, arrays: Mapping[str, np.ndarray], server_round: int) -> Path:
+    """The global model as a torch state dict (plus the round it comes from)."""
+    buffer = io.BytesIO()
+    state = {k: torch.from_numpy(np.array(v)) for k, v in arrays.items()}
+    torch.save({"round": server_round, "state_dict": state}, buffer)
+    path = run_dir / CHECKPOINT
+    write_atomic(path, buffer.getvalue())
+    return path
+
+
+def load_checkpoint(path: Path) -> tuple[int, dict[str, torch.Tensor]]:
+    """(round, state_dict) of a checkpoint written by save_checkpoint."""
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    return int(payload["round"]), dict(payload["state_dict"])
+
+
+def write_json(path: Path, data: object) -> None:
+    write_atomic(path, (json.dumps(data, indent=2, sort_keys=False) + "\n").encode())

@@ -1,0 +1,1 @@
+"""Durable local files shared by the site and the coordinator."""

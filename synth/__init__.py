@@ -1,0 +1,1 @@
+"""Synthetic multi-site hospital data (CT DICOM, labs, notes, labels) for fedclinic."""
