@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -80,7 +81,9 @@ def train_dp(model: nn.Module, data: TensorDataset, *, cfg: TrainConfig, dp: DPS
                 batch = ClinicalBatch(*tensors).to(device)
                 private.optimizer.zero_grad(set_to_none=True)
                 loss = batch_loss(private.model, batch)
-                loss.backward()
+                with warnings.catch_warnings():  # inputs never require grad; Opacus hooks are fine
+                    warnings.filterwarnings("ignore", message="Full backward hook is firing")
+                    loss.backward()
                 private.optimizer.step()
                 steps += 1
                 if len(batch.label):

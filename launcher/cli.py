@@ -44,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(list(args.overrides), console)
         return _demo(args, console)
     except (ConfigError, SiteDataError, ValueError, FileExistsError) as exc:
-        console.print(f"[red]fedclinic {args.command}: {exc}[/red]")
+        console.print(f"[red]fedclinic {args.command}: {exc}[/red]", soft_wrap=True, highlight=False)
         return 2
 
 
@@ -81,7 +81,7 @@ def _run(overrides: list[str], console: Console) -> int:
         return 1
     summary = json.loads(summary_path.read_text())
     console.print(f"final AUROC {summary['final_auroc']}, wall time {time.perf_counter() - started:.0f} s")
-    console.print(f"run folder: {run_dir.resolve()}")
+    console.print(f"run folder: {run_dir.resolve()}", soft_wrap=True, highlight=False)
     return 0
 
 
@@ -89,10 +89,10 @@ def _demo(args: argparse.Namespace, console: Console) -> int:
     from synth.hospitals import write_hospitals
     sites_dir = args.work / "sites"
     if sites_dir.is_dir() and any(sites_dir.iterdir()):
-        console.print(f"reusing the synthetic sites in {sites_dir.resolve()}")
+        console.print(f"reusing the synthetic sites in {sites_dir.resolve()}", soft_wrap=True)
     else:
         folders = write_hospitals(sites_dir, sites=3, patients=DEMO_PATIENTS, seed=0)
-        console.print(f"wrote {len(folders)} synthetic hospitals to {sites_dir.resolve()}")
+        console.print(f"wrote {len(folders)} synthetic hospitals to {sites_dir.resolve()}", soft_wrap=True)
     return _run([f"data.root={sites_dir.resolve()}", *args.overrides], console)
 
 

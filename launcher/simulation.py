@@ -24,6 +24,7 @@ def quiet_flower() -> None:
     os.environ["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
 
 
 def backend_config(num_sites: int, cpus_per_site: int, gpus_per_site: float) -> dict[str, dict[str, object]]:
@@ -46,12 +47,16 @@ def run_simulation(overrides: Sequence[str], *, num_sites: int, cpus_per_site: i
     from flwr.app import Context, RecordDict
     from flwr.common.config import get_fused_config_from_dir
     from flwr.simulation.run_simulation import _run_simulation
+    from flwr.supercore.constant import NOOP_FEDERATION_ID
+    from flwr.common.constant import SUPERLINK_NODE_ID
     from flwr.supercore.run import Run
+    from flwr.supercore.task_identity import TaskIdentity
     from flwr.supercore.telemetry import EventType
 
     run = Run.create_empty(run_id=secrets.randbits(63))
     run = replace(run, override_config={"overrides": shlex.join(overrides)}, primary_task_id=secrets.randbits(63),
-                  federation_id="")
+                  federation_id=NOOP_FEDERATION_ID)
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, run.run_id, SUPERLINK_NODE_ID
     context = Context(run_id=run.run_id, node_id=0, node_config={}, state=RecordDict(),
                       run_config=get_fused_config_from_dir(APP_DIR, run.override_config))
     logging.getLogger("flwr").setLevel(logging.WARNING)

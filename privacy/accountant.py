@@ -7,7 +7,7 @@ entries of the Poisson-subsampled Gaussian mechanism, in order. The guarantee is
 
 from __future__ import annotations
 
-import math
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -16,7 +16,6 @@ from opacus.accountants.accountant import IAccountant
 from opacus.accountants.utils import get_noise_multiplier
 
 ACCOUNTANTS = ("prv", "rdp")
-GUARANTEE = "sample-level (add/remove one patient record) (epsilon, delta)-DP, per site"
 
 
 @dataclass(frozen=True)
@@ -40,7 +39,10 @@ def epsilon_spent(history: Sequence[MechanismUse], delta: float, accountant: str
     """Epsilon of the composed history at `delta` (0 for an empty history)."""
     if not any(h.steps > 0 for h in history):
         return 0.0
-    return float(_accountant(accountant, [h for h in history if h.steps > 0]).get_epsilon(delta=delta))
+    acc = _accountant(accountant, [h for h in history if h.steps > 0])
+    with warnings.catch_warnings():  # RDP's "optimal order is the largest alpha" is a tightness hint
+        warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
+        return float(acc.get_epsilon(delta=delta))
 
 
 def calibrate_noise(*, target_epsilon: float, delta: float, sample_rate: float, steps: int,
@@ -50,9 +52,11 @@ def calibrate_noise(*, target_epsilon: float, delta: float, sample_rate: float, 
         raise ValueError(f"steps must be >= 1, got {steps}")
     if not 0 < sample_rate <= 1:
         raise ValueError(f"sample_rate must be in (0, 1], got {sample_rate}")
-    sigma = float(get_noise_multiplier(target_epsilon=target_epsilon, target_delta=delta,
-                                       sample_rate=sample_rate, steps=steps,
-                                       accountant=accountant, epsilon_tolerance=0.01))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
+        sigma = float(get_noise_multiplier(target_epsilon=target_epsilon, target_delta=delta,
+                                           sample_rate=sample_rate, steps=steps,
+                                           accountant=accountant, epsilon_tolerance=0.01))
     spent = epsilon_spent([MechanismUse(sigma, sample_rate, steps)], delta, accountant)
     if spent > target_epsilon:  # never hand out a sigma the reporting accountant disputes
         raise ArithmeticError(f"calibrated sigma {sigma} gives epsilon {spent} > {target_epsilon}")
@@ -63,8 +67,7 @@ def merge(history: Iterable[MechanismUse]) -> list[MechanismUse]:
     """Merge consecutive entries with the same (noise_multiplier, sample_rate)."""
     out: list[MechanismUse] = []
     for h in history:
-        if out and math.isclose(out[-1].noise_multiplier, h.noise_multiplier, rel_tol=0, abs_tol=0) \
-                and out[-1].sample_rate == h.sample_rate:
+        if out and (out[-1].noise_multiplier, out[-1].sample_rate) == (h.noise_multiplier, h.sample_rate):
             out[-1] = MechanismUse(h.noise_multiplier, h.sample_rate, out[-1].steps + h.steps)
         else:
             out.append(h)

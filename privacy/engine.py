@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -47,7 +49,13 @@ class PrivateTraining:
 def make_private(model: nn.Module, optimizer: Optimizer, loader: DataLoader, *,
                  settings: DPSettings, prior: Sequence[MechanismUse]) -> PrivateTraining:
     """Wrap for DP-SGD with Poisson sampling; the accountant resumes from `prior`."""
-    engine = PrivacyEngine(accountant=settings.accountant)
+    with warnings.catch_warnings():
+        # Opacus warns on every engine; torchcsprng (secure_mode) does not exist for torch 2.x.
+        warnings.filterwarnings("ignore", message="Secure RNG turned off")
+        engine = PrivacyEngine(accountant=settings.accountant)
+    logging.getLogger("fedclinic.privacy").info(
+        "DP noise comes from torch's default RNG: Opacus secure_mode needs torchcsprng, "
+        "which has no release for torch 2.x")
     engine.accountant.history = [(h.noise_multiplier, h.sample_rate, h.steps) for h in prior]
     private_model, private_opt, private_loader = engine.make_private(
         module=model, optimizer=optimizer, data_loader=loader,

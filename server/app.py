@@ -14,7 +14,7 @@ from model.exchange import state_to_numpy
 from model.networks import build_model
 from server.evaluation import SiteEvaluation
 from server.recorder import RunRecorder, SiteTraining
-from server.run_folder import CONFIG, SUMMARY, create_run_folder, save_checkpoint, write_json
+from server.run_folder import CONFIG, SHARED, SUMMARY, create_run_folder, save_checkpoint, write_json
 from server.summary import build_summary
 from storage.atomic import write_atomic
 
@@ -68,7 +68,7 @@ def main(grid: Grid, context: Context) -> None:
     run_dir = Path(cfg.output.run_dir) if cfg.output.run_dir else create_run_folder(Path(cfg.output.root))
     run_dir.mkdir(parents=True, exist_ok=True)
     if not (run_dir / CONFIG).exists():
-        write_atomic(run_dir / CONFIG, to_yaml(overrides).encode())
+        write_atomic(run_dir / CONFIG, to_yaml(overrides).encode(), mode=SHARED)
     model = build_model(cfg.model, num_labs=len(cfg.data.labs), note_buckets=cfg.data.note_buckets,
                         seed=cfg.seed)
     initial = ArrayRecord({k: Array(v) for k, v in state_to_numpy(model).items()})
@@ -83,4 +83,4 @@ def main(grid: Grid, context: Context) -> None:
     save_checkpoint(run_dir, {k: v.numpy() for k, v in result.arrays.items()}, cfg.rounds)
     write_json(run_dir / SUMMARY, build_summary(cfg, recorder, run_dir.name))
     recorder.console.print(recorder.table())
-    recorder.console.print(f"run folder: {run_dir}")
+    recorder.console.print(f"run folder: {run_dir}", soft_wrap=True, highlight=False)

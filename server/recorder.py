@@ -73,7 +73,7 @@ class RunRecorder:
         record = self._round(number)
         record.site_evals, record.eval_failures = list(sites), failures
         record.evaluation = aggregate(sites)
-        self.console.print(_round_line(record, self.total_rounds))
+        self.console.print(_round_line(record, self.total_rounds), soft_wrap=True, highlight=False)
         if self._progress is not None and self._task is not None:
             self._progress.update(self._task, completed=number)
         return record.evaluation

@@ -15,6 +15,7 @@ import torch
 from storage.atomic import write_atomic
 
 CONFIG, CHECKPOINT, SUMMARY = "config.yaml", "global_model.pt", "summary.json"
+SHARED = 0o644  # run folders are read by the central team
 
 
 def new_run_id() -> str:
@@ -40,7 +41,7 @@ def save_checkpoint(run_dir: Path, arrays: Mapping[str, np.ndarray], server_roun
     state = {k: torch.from_numpy(np.array(v)) for k, v in arrays.items()}
     torch.save({"round": server_round, "state_dict": state}, buffer)
     path = run_dir / CHECKPOINT
-    write_atomic(path, buffer.getvalue())
+    write_atomic(path, buffer.getvalue(), mode=SHARED)
     return path
 
 
@@ -51,4 +52,4 @@ def load_checkpoint(path: Path) -> tuple[int, dict[str, torch.Tensor]]:
 
 
 def write_json(path: Path, data: object) -> None:
-    write_atomic(path, (json.dumps(data, indent=2, sort_keys=False) + "\n").encode())
+    write_atomic(path, (json.dumps(data, indent=2) + "\n").encode(), mode=SHARED)

@@ -7,10 +7,14 @@ import tempfile
 from pathlib import Path
 
 
-def write_atomic(path: Path, payload: bytes) -> None:
-    """Write to a temp file in the same folder, fsync it, rename over `path`, fsync the folder."""
+def write_atomic(path: Path, payload: bytes, *, mode: int = 0o600) -> None:
+    """Write to a temp file in the same folder, fsync it, rename over `path`, fsync the folder.
+
+    `mode` defaults to owner-only: site files hold derived patient data.
+    """
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as fh:
             fh.write(payload)
             fh.flush()

@@ -1,0 +1,66 @@
+"""The real ClientApp called with real Flower messages: replies, persisted DP state, errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from client.app import ERROR_CONFIG, ERROR_SITE_DATA, app
+from configs.load import load_experiment
+from model.exchange import state_to_numpy
+from model.networks import build_model
+
+OVERRIDES = "rounds=3 train.local_epochs=1 train.batch_size=32"
+
+
+@pytest.fixture(autouse=True)
+def task_identity(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Messages are stamped with the running task's identity, as inside a SuperNode."""
+    for name, value in (("run_id", 1), ("task_id", 1), ("node_id", 1)):
+        monkeypatch.setattr(TaskIdentity, f"_{name}", value)
+
+
+def request(kind: str, server_round: int = 1) -> Message:
+    cfg = load_experiment(OVERRIDES.split())
+    model = build_model(cfg.model, num_labs=len(cfg.data.labs), note_buckets=cfg.data.note_buckets, seed=cfg.seed)
+    content = RecordDict({"arrays": ArrayRecord({k: Array(v) for k, v in state_to_numpy(model).items()}),
+                          "config": ConfigRecord({"server-round": server_round})})
+    return Message(content, dst_node_id=5, message_type=kind)
+
+
+def context(node_config: dict[str, str], overrides: str = OVERRIDES) -> Context:
+    return Context(run_id=1, node_id=5, node_config=node_config, state=RecordDict(),
+                   run_config={"overrides": overrides})
+
+
+def test_train_replies_with_weights_metrics_and_keeps_dp_state(small_sites: Path, tmp_path: Path) -> None:
+    ctx = context({"data-path": str(small_sites / "site-b"), "state-dir": str(tmp_path / "state")})
+    first = app(request("train", 1), ctx)
+    assert not first.has_error()
+    metrics = first.content.metric_records["metrics"]
+    assert set(metrics) == {"train-loss", "num-examples", "epsilon", "delta", "noise-multiplier", "steps"}
+    assert first.content.config_records["site"]["name"] == "site-b"
+    assert set(first.content.array_records["arrays"]) == set(request("train").content.array_records["arrays"])
+    second = app(request("train", 2), ctx)  # same Context: Flower persists context.state per node
+    assert second.content.metric_records["metrics"]["epsilon"] > metrics["epsilon"]
+    assert second.content.metric_records["metrics"]["noise-multiplier"] == metrics["noise-multiplier"]
+    ev = app(request("evaluate"), ctx)
+    assert set(ev.content.metric_records["metrics"]) == {"eval-loss", "auroc", "auroc-defined", "num-examples"}
+    assert not ev.content.array_records
+
+
+def test_a_broken_site_answers_with_a_code_and_no_details(tmp_path: Path) -> None:
+    secret = tmp_path / "st-elsewhere-oncology"
+    secret.mkdir()
+    reply = app(request("train"), context({"data-path": str(secret)}))
+    assert reply.has_error() and reply.error.code == ERROR_SITE_DATA
+    assert "oncology" not in reply.error.reason and "labels" not in reply.error.reason
+
+
+def test_a_config_the_site_rejects_is_reported_as_such(small_sites: Path, tmp_path: Path) -> None:
+    ctx = context({"data-path": str(small_sites / "site-a"), "state-dir": str(tmp_path)}, "rounds=0")
+    reply = app(request("evaluate"), ctx)
+    assert reply.has_error() and reply.error.code == ERROR_CONFIG

@@ -1,0 +1,82 @@
+"""The `fedclinic` command end to end: Flower's simulation engine, real DP training, run folder."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from client.site_data import validation_mask
+from configs.load import load_experiment
+from model.networks import build_model
+from server.run_folder import load_checkpoint
+
+
+def fedclinic(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "launcher.cli", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=300, env=None)
+
+
+def train_count(site: Path, fraction: float = 0.2) -> int:
+    ids = sorted(pd.read_csv(site / "labels.csv", dtype=str)["patient_id"])
+    return int((~validation_mask(ids, fraction, 0)).sum())
+
+
+@pytest.mark.slow
+def test_two_sites_two_rounds_write_a_complete_run_folder(tmp_path: Path) -> None:
+    sites = tmp_path / "sites"
+    assert fedclinic("synth", "--sites", "2", "--patients", "150", "--image-size", "32", "--seed", "3",
+                     "--out", str(sites), cwd=tmp_path).returncode == 0
+    done = fedclinic("run", f"data.root={sites}", "rounds=2", "train.batch_size=32",
+                     "privacy.target_epsilon=5", f"output.root={tmp_path / 'runs'}", cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert f"run folder: {run_dir}" in done.stdout and "max ε" in done.stdout
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert [r["round"] for r in summary["rounds"]] == [1, 2]
+    assert all(0 <= r["auroc"] <= 1 and r["loss"] > 0 for r in summary["rounds"])
+    assert summary["final_auroc"] == summary["rounds"][-1]["auroc"]
+    assert summary["target_epsilon"] == 5.0 and "sample-level" in summary["privacy_guarantee"]
+    assert set(summary["sites"]) == {"site-a", "site-b"}
+    for name, site in summary["sites"].items():
+        assert 0 < site["epsilon"] <= 5.0 and site["delta"] == 1e-5
+        assert site["num_train"] == train_count(sites / name)
+        assert 0 <= site["auroc"] <= 1
+    assert summary["rounds"][-1]["max_epsilon"] == max(s["epsilon"] for s in summary["sites"].values())
+    cfg = load_experiment(["rounds=2"])
+    model = build_model(cfg.model, num_labs=len(cfg.data.labs), note_buckets=cfg.data.note_buckets, seed=0)
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
+    rnd, state = load_checkpoint(run_dir / "global_model.pt")
+    model.load_state_dict(state)  # strict: every key and shape of the real model
+    assert rnd == 2 and any(not torch.equal(initial[k], state[k]) for k in initial)
+    assert "train:" in (run_dir / "config.yaml").read_text() and "rounds: 2" in (run_dir / "config.yaml").read_text()
+
+
+@pytest.mark.slow
+def test_a_broken_site_fails_its_rounds_while_the_others_finish(tmp_path: Path) -> None:
+    sites = tmp_path / "sites"
+    assert fedclinic("synth", "--sites", "3", "--patients", "120", "--image-size", "32",
+                     "--out", str(sites), cwd=tmp_path).returncode == 0
+    (sites / "site-b" / "labels.csv").unlink()
+    done = fedclinic("run", f"data.root={sites}", "rounds=2", "train.batch_size=32",
+                     f"output.root={tmp_path / 'runs'}", cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert set(summary["sites"]) == {"site-a", "site-c"}
+    assert [r["site_failures"] for r in summary["rounds"]] == [2, 2]  # train + evaluate, each round
+    assert summary["final_auroc"] is not None
+
+
+def test_run_without_a_data_root_says_what_to_do(tmp_path: Path) -> None:
+    done = fedclinic("run", "rounds=1", cwd=tmp_path)
+    assert done.returncode == 2 and "data.root is not set" in done.stdout
+    done = fedclinic("run", f"data.root={tmp_path / 'nowhere'}", cwd=tmp_path)
+    assert done.returncode == 2 and "is not a folder" in done.stdout
+    done = fedclinic("run", "data.root=.", "privacy.target_epsilon=-1", cwd=tmp_path)
+    assert done.returncode == 2 and "privacy.target_epsilon" in done.stdout

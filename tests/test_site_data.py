@@ -1,0 +1,120 @@
+"""Loading real synthetic site folders (real DICOM via pydicom, real CSVs) into arrays."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from client.cache import load_site_cached
+from client.notes import encode, token_id
+from client.site import discover_sites, site_settings
+from client.site_data import SiteDataError, load_site, validation_mask
+from configs.schema import ExperimentConfig
+
+
+def test_site_arrays_have_configured_shapes_and_consistent_masks(small_sites: Path,
+                                                                 experiment: ExperimentConfig) -> None:
+    d = experiment.data
+    arrays, report = load_site(small_sites / "site-a", d)
+    n, f = 120, len(d.labs)
+    assert arrays.image.shape == (n, d.image_size, d.image_size) and arrays.image.dtype == np.float32
+    assert arrays.labs.shape == arrays.lab_mask.shape == (n, f)
+    assert arrays.tokens.shape == (n, d.note_max_tokens) and arrays.tokens.dtype == np.int64
+    assert arrays.modality_mask.shape == (n, 3) and arrays.label.shape == (n,)
+    assert 0.0 <= arrays.image.min() and arrays.image.max() <= 1.0
+    has_image = arrays.modality_mask[:, 0] > 0
+    assert np.all(arrays.image[~has_image] == 0) and np.all(arrays.image[has_image].max(axis=(1, 2)) > 0)
+    assert np.array_equal(arrays.modality_mask[:, 1] > 0, arrays.lab_mask.any(axis=1))
+    assert np.array_equal(arrays.modality_mask[:, 2] > 0, arrays.tokens.any(axis=1))
+    assert np.all(arrays.labs[arrays.lab_mask == 0] == 0)
+    assert arrays.tokens.max() < d.note_buckets
+    manifest = pd.read_csv(small_sites / "site-a" / "manifest.csv")
+    assert report.coverage["image"] == len(manifest) == int(has_image.sum())
+    assert report.patients == n and arrays.modality_mask.sum(axis=1).min() >= 1
+
+
+def test_unit_conventions_are_harmonised_to_canonical_units(small_sites: Path,
+                                                            experiment: ExperimentConfig) -> None:
+    """site-b reports glucose in mmol/L and creatinine in umol/L; after conversion its
+    standardised distribution matches site-a's, which reports canonical units."""
+    d = experiment.data
+    a, _ = load_site(small_sites / "site-a", d)
+    b, report_b = load_site(small_sites / "site-b", d)
+    assert report_b.unit_conversions["2345-7: mmol/L -> mg/dL"] > 50
+    assert report_b.unit_conversions["2160-0: umol/L -> mg/dL"] > 50
+    for j in (0, 1):  # glucose, creatinine
+        mean_a = a.labs[a.lab_mask[:, j] > 0, j].mean()
+        mean_b = b.labs[b.lab_mask[:, j] > 0, j].mean()
+        assert abs(mean_a - mean_b) < 0.5, (j, mean_a, mean_b)
+
+
+def test_split_is_deterministic_and_stable_when_patients_are_added() -> None:
+    ids = [f"P{i:04d}" for i in range(1000)]
+    first = validation_mask(ids, 0.2, seed=0)
+    assert 0.15 < first.mean() < 0.25
+    assert np.array_equal(first, validation_mask(ids, 0.2, seed=0))
+    assert np.array_equal(validation_mask(ids + ["NEW"], 0.2, seed=0)[:1000], first)
+    assert not np.array_equal(first, validation_mask(ids, 0.2, seed=1))
+
+
+def test_notes_hash_without_a_vocabulary_and_respect_the_cap() -> None:
+    ids = encode("Febrile, febrile and SOB!", buckets=64, max_tokens=3)
+    assert list(ids) == [token_id("febrile", 64)] * 2 + [token_id("and", 64)]
+    assert encode("", buckets=64, max_tokens=4).tolist() == [0, 0, 0, 0]
+    assert all(1 <= token_id(w, 64) < 64 for w in ("a", "b", "tachycardic"))
+
+
+def test_one_corrupt_dicom_is_counted_not_fatal(small_sites: Path, tmp_path: Path,
+                                                experiment: ExperimentConfig) -> None:
+    site = tmp_path / "site"
+    shutil.copytree(small_sites / "site-a", site)
+    victim = site / pd.read_csv(site / "manifest.csv")["image_path"].iloc[0]
+    victim.write_bytes(victim.read_bytes()[:300])
+    arrays, report = load_site(site, experiment.data)
+    assert sum(report.unusable_images.values()) == 1
+    assert report.coverage["image"] == len(pd.read_csv(site / "manifest.csv")) - 1
+
+
+def test_missing_labels_file_is_a_clear_site_error(tmp_path: Path, experiment: ExperimentConfig) -> None:
+    (tmp_path / "site").mkdir()
+    with pytest.raises(SiteDataError, match="labels.csv: labels file is missing"):
+        load_site(tmp_path / "site", experiment.data)
+
+
+def test_cache_serves_identical_arrays_and_invalidates_on_change(small_sites: Path, tmp_path: Path,
+                                                                 experiment: ExperimentConfig) -> None:
+    site, cache = tmp_path / "site", tmp_path / "cache"
+    shutil.copytree(small_sites / "site-a", site)
+    first, _, hit1 = load_site_cached(site, experiment.data, cache)
+    second, _, hit2 = load_site_cached(site, experiment.data, cache)
+    assert (hit1, hit2) == (False, True)
+    for f in dataclasses.fields(first):
+        assert np.array_equal(getattr(first, f.name), getattr(second, f.name))
+    other = dataclasses.replace(experiment.data, image_size=16)
+    assert load_site_cached(site, other, cache)[2] is False
+    labels = site / "labels.csv"
+    labels.write_text(labels.read_text().replace(",0\n", ",1\n", 1))
+    changed, _, hit3 = load_site_cached(site, experiment.data, cache)
+    assert hit3 is False and changed.label.sum() == first.label.sum() + 1
+
+
+def test_simulation_sites_map_partition_ids_to_sorted_folders(small_sites: Path) -> None:
+    names = [p.name for p in discover_sites(small_sites)]
+    assert names == ["site-a", "site-b", "site-c"]
+    s = site_settings({"partition-id": 1, "num-partitions": 3}, str(small_sites))
+    assert s.name == "site-b" and s.data_dir == small_sites / "site-b"
+    assert s.state_dir == small_sites / ".fedclinic-state" / "site-b"
+    with pytest.raises(SiteDataError, match="2 virtual sites but 3 site folders"):
+        site_settings({"partition-id": 0, "num-partitions": 2}, str(small_sites))
+
+
+def test_deployed_site_uses_its_own_node_config_not_the_coordinators_root(small_sites: Path) -> None:
+    s = site_settings({"data-path": str(small_sites / "site-c"), "site-name": "st-marys"}, "/coordinator/says")
+    assert (s.name, s.data_dir) == ("st-marys", small_sites / "site-c")
+    with pytest.raises(SiteDataError, match="data-path"):
+        site_settings({}, None)
