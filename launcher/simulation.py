@@ -18,9 +18,15 @@ from pathlib import Path
 APP_DIR = Path(__file__).resolve().parent.parent
 
 
-def quiet_flower() -> None:
-    """No telemetry from a hospital tool, no runtime `uv sync`, no INFO chatter."""
+def prepare_environment() -> None:
+    """No telemetry from a hospital tool, no runtime `uv sync`, Ray on loopback only.
+
+    Ray binds its GCS, raylet and worker servers to every interface unless it believes the
+    machine is not part of a cluster; RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 makes it use
+    127.0.0.1 for all of them (checked by tests/test_end_to_end.py).
+    """
     os.environ["FLWR_TELEMETRY_ENABLED"] = "0"
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     os.environ["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -43,7 +49,7 @@ def run_simulation(overrides: Sequence[str], *, num_sites: int, cpus_per_site: i
     if not (APP_DIR / "pyproject.toml").is_file():
         raise RuntimeError(f"the fedclinic app folder {APP_DIR} has no pyproject.toml; "
                            "install fedclinic from its source folder (pip install -e .)")
-    quiet_flower()
+    prepare_environment()
     from flwr.app import Context, RecordDict
     from flwr.common.config import get_fused_config_from_dir
     from flwr.simulation.run_simulation import _run_simulation

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -17,9 +18,37 @@ from model.networks import build_model
 from server.run_folder import load_checkpoint
 
 
+LOOPBACK = {"0100007F", "00000000000000000000000001000000", "0000000000000000FFFF00000100007F"}
+
+
 def fedclinic(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "launcher.cli", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=300, env=None)
+                          text=True, timeout=300)
+
+
+def exposed_listeners() -> set[str]:
+    """Listening TCP sockets not bound to loopback, from /proc/net/tcp and tcp6."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            if state == "0A" and local.split(":")[0] not in LOOPBACK:
+                found.add(f"{table[-4:]} {local}")
+    return found
+
+
+def fedclinic_watching_listeners(*args: str, cwd: Path) -> tuple[subprocess.CompletedProcess[str], set[str]]:
+    """Run the CLI and collect every non-loopback listener that appears while it runs."""
+    before = exposed_listeners()
+    with subprocess.Popen([sys.executable, "-m", "launcher.cli", *args], cwd=cwd, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        opened: set[str] = set()
+        deadline = time.monotonic() + 300
+        while proc.poll() is None and time.monotonic() < deadline:
+            opened |= exposed_listeners() - before
+            time.sleep(0.2)
+        out, err = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err), opened
 
 
 def train_count(site: Path, fraction: float = 0.2) -> int:
@@ -32,9 +61,11 @@ def test_two_sites_two_rounds_write_a_complete_run_folder(tmp_path: Path) -> Non
     sites = tmp_path / "sites"
     assert fedclinic("synth", "--sites", "2", "--patients", "150", "--image-size", "32", "--seed", "3",
                      "--out", str(sites), cwd=tmp_path).returncode == 0
-    done = fedclinic("run", f"data.root={sites}", "rounds=2", "train.batch_size=32",
-                     "privacy.target_epsilon=5", f"output.root={tmp_path / 'runs'}", cwd=tmp_path)
+    done, opened = fedclinic_watching_listeners(
+        "run", f"data.root={sites}", "rounds=2", "train.batch_size=32", "privacy.target_epsilon=5",
+        f"output.root={tmp_path / 'runs'}", cwd=tmp_path)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert opened == set(), "the simulation listened beyond loopback"
     (run_dir,) = (tmp_path / "runs").iterdir()
     assert f"run folder: {run_dir}" in done.stdout and "max ε" in done.stdout
     summary = json.loads((run_dir / "summary.json").read_text())
