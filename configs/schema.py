@@ -28,6 +28,8 @@ class DataConfig:
     image_size: int
     window_center: float | None
     window_width: float | None
+    frame_policy: str             # multi-frame images: middle | first | mean
+    lab_window_hours: float | None  # labs within this many hours before index_time (null: any)
     val_fraction: float
     split_seed: int
     note_buckets: int

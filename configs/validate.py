@@ -10,6 +10,7 @@ ACCOUNTANTS = ("prv", "rdp")
 GRAD_SAMPLE_MODES = ("hooks",)
 STRATEGIES = ("fedavg",)
 DEVICES = ("auto", "cpu", "cuda")
+FRAME_POLICIES = ("middle", "first", "mean")
 
 
 def _require(ok: bool, field: str, message: str) -> None:
@@ -28,6 +29,8 @@ def validate_experiment(cfg: ExperimentConfig) -> None:
     _require((d.window_center is None) == (d.window_width is None), "data.window_width",
              "set window_center and window_width together, or neither")
     _require(d.window_width is None or d.window_width > 0, "data.window_width", "must be > 0")
+    _require(d.frame_policy in FRAME_POLICIES, "data.frame_policy", f"must be one of {FRAME_POLICIES}")
+    _require(d.lab_window_hours is None or d.lab_window_hours > 0, "data.lab_window_hours", "must be > 0 or null")
     _require(len(d.labs) >= 1, "data.labs", "configure at least one lab feature")
     codes = [f.code for f in d.labs]
     _require(len(set(codes)) == len(codes), "data.labs", "lab codes must be unique")
