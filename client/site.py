@@ -1,8 +1,9 @@
 """Who this site is and where its files live, from the SuperNode's node config.
 
-Deployed: node config `data-path` (required), `site-name`, `state-dir` (both optional).
+Deployed: node config `data-path` (required), `site-name`, `state-dir`, `site-config` (optional).
 Simulation: virtual site `partition-id` serves the partition-id-th site folder under data.root.
-The state folder (cache, accountant state) defaults to <parent>/.fedclinic-state/<site folder>.
+The state folder (cache, accountant state) defaults to <parent>/.fedclinic-state/<site folder>;
+the site-owned configuration file defaults to <site folder>/site.yaml.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from client.site_data import SiteDataError
+from client.site_data_errors import SiteDataError
+
+SITE_FILE = "site.yaml"
 
 
 @dataclass(frozen=True)
@@ -21,6 +24,12 @@ class SiteSettings:
     name: str
     data_dir: Path
     state_dir: Path
+    site_file: Path
+
+    @property
+    def cache_dir(self) -> Path:
+        """Preprocessed images, keyed by file content and preprocessing settings."""
+        return self.state_dir / "cache"
 
 
 def discover_sites(root: Path) -> list[Path]:
@@ -43,7 +52,9 @@ def site_settings(node_config: Mapping[str, object], data_root: str | None) -> S
         data_dir = Path(str(node_config["data-path"])).expanduser().resolve()
         name = str(node_config.get("site-name", data_dir.name))
         state = node_config.get("state-dir")
-        return SiteSettings(name, data_dir, Path(str(state)).resolve() if state else _default_state(data_dir))
+        site_file = node_config.get("site-config")
+        return SiteSettings(name, data_dir, Path(str(state)).resolve() if state else _default_state(data_dir),
+                            Path(str(site_file)).resolve() if site_file else data_dir / SITE_FILE)
     if "partition-id" in node_config:
         if not data_root:
             raise SiteDataError("simulation needs data.root (a folder of site folders)")
@@ -51,6 +62,7 @@ def site_settings(node_config: Mapping[str, object], data_root: str | None) -> S
         index, count = int(str(node_config["partition-id"])), int(str(node_config["num-partitions"]))
         if count != len(sites):
             raise SiteDataError(f"{count} virtual sites but {len(sites)} site folders under {data_root}")
-        return SiteSettings(sites[index].name, sites[index], _default_state(sites[index]))
+        return SiteSettings(sites[index].name, sites[index], _default_state(sites[index]),
+                            sites[index] / SITE_FILE)
     raise SiteDataError("node config has no data-path: start the SuperNode with "
                         "--node-config 'data-path=\"/path/to/site\"'")

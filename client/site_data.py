@@ -1,16 +1,12 @@
-"""A site folder (manifest, DICOM, labs, notes, labels) -> arrays ready for training.
+"""A site folder (labels, manifest + DICOM, labs, notes, site.yaml) -> arrays ready for training.
 
-Format (see README "Site data format"):
-    manifest.csv  patient_id,image_path   (path relative to the site folder)
-    labs.csv      patient_id,code,value,unit,time
-    notes.csv     patient_id,text
-    labels.csv    patient_id,label        (0/1; the patients of the site)
-Any of manifest/labs/notes may be absent; labels.csv is required.
+Every problem with an individual file, row or value is counted by reason in the LoadReport and
+never stops the site; only a site that cannot train at all raises SiteDataError. The report holds
+aggregate counts only (no patient identifiers, values or paths), so it can be shared.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,21 +14,24 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from client.dicom_image import UnusableImage, read_image
-from client.labs import lab_matrix
-from client.notes import encode
-from configs.schema import DataConfig
+from client.dicom_image import UnusableImage
+from client.image_cache import load_image_cached
+from client.labels import read_labels
+from client.labs import LAB_COLUMNS, lab_matrix
+from client.manifest import image_paths
+from client.notes import note_tokens
+from client.site_data_errors import SiteDataError
+from client.split import validation_mask
+from client.tables import find_table, read_table
+from configs.schema import DataConfig, SiteFileConfig
 
-LABELS, MANIFEST, LABS, NOTES = "labels.csv", "manifest.csv", "labs.csv", "notes.csv"
-
-
-class SiteDataError(Exception):
-    """The site cannot train at all; the message names the file and what to do."""
+__all__ = ["LoadReport", "SiteArrays", "SiteDataError", "load_site", "validation_mask"]
+MODALITIES = ("image", "labs", "notes")
 
 
 @dataclass
 class SiteArrays:
-    """All patients of a site as arrays (no identifiers) plus the train/validation split."""
+    """Labelled patients with at least one usable modality, as arrays (no identifiers), and the split."""
 
     image: np.ndarray          # [N, S, S] float32 in [0, 1], zeros where missing
     labs: np.ndarray           # [N, F] float32 standardised
@@ -48,97 +47,68 @@ class LoadReport:
     """Aggregate counts only: safe to show to the central team."""
 
     patients: int = 0
+    positives: int = 0
+    usable_patients: int = 0
     coverage: dict[str, int] = field(default_factory=dict)
-    unusable_images: Counter[str] = field(default_factory=Counter)
+    tables: dict[str, str | None] = field(default_factory=dict)
+    label_problems: Counter[str] = field(default_factory=Counter)
+    manifest_problems: Counter[str] = field(default_factory=Counter)
+    quarantined_images: Counter[str] = field(default_factory=Counter)
+    lab_rows_used: int = 0
     lab_rows_dropped: Counter[str] = field(default_factory=Counter)
     unit_conversions: Counter[str] = field(default_factory=Counter)
+    unknown_lab_codes: Counter[str] = field(default_factory=Counter)
+    note_problems: Counter[str] = field(default_factory=Counter)
 
 
-def _read_csv(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
-    try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise SiteDataError(f"{path.name}: cannot be read as UTF-8 CSV ({type(exc).__name__})") from exc
-    missing = [c for c in columns if c not in frame.columns]
-    if missing:
-        raise SiteDataError(f"{path.name}: missing column(s) {missing}; expected {list(columns)}")
-    return frame
-
-
-def read_labels(site: Path) -> tuple[list[str], np.ndarray]:
-    """Patient ids (sorted, unique) and 0/1 labels; a site without usable labels cannot train."""
-    path = site / LABELS
-    if not path.is_file():
-        raise SiteDataError(f"{path}: labels file is missing; export patient_id,label for every patient")
-    frame = _read_csv(path, ("patient_id", "label"))
-    frame = frame[frame["label"].str.strip().isin(["0", "1"])].drop_duplicates("patient_id", keep=False)
-    if frame.empty:
-        raise SiteDataError(f"{path}: no patient has a 0/1 label in column 'label'")
-    frame = frame.sort_values("patient_id")
-    return frame["patient_id"].tolist(), frame["label"].astype(np.float32).to_numpy()
-
-
-def validation_mask(patient_ids: list[str], fraction: float, seed: int) -> np.ndarray:
-    """Deterministic split by a hash of (seed, patient id): stable when patients are added."""
-    def unit(pid: str) -> float:
-        digest = hashlib.blake2b(f"{seed}:{pid}".encode(), digest_size=8).digest()
-        return int.from_bytes(digest, "little") / 2**64
-    return np.array([unit(p) < fraction for p in patient_ids], dtype=bool)
-
-
-def _inside(site: Path, relative: str) -> Path | None:
-    candidate = (site / relative).resolve()
-    return candidate if candidate.is_relative_to(site.resolve()) else None
-
-
-def _images(site: Path, ids: list[str], cfg: DataConfig, report: LoadReport
+def _images(site: Path, ids: list[str], cfg: DataConfig, cache_dir: Path, report: LoadReport
             ) -> tuple[np.ndarray, np.ndarray]:
     out = np.zeros((len(ids), cfg.image_size, cfg.image_size), dtype=np.float32)
     present = np.zeros(len(ids), dtype=bool)
-    if not (site / MANIFEST).is_file():
-        return out, present
-    index = {pid: i for i, pid in enumerate(ids)}
-    window = None if cfg.window_center is None else (cfg.window_center, cfg.window_width or 0.0)
-    manifest = _read_csv(site / MANIFEST, ("patient_id", "image_path"))
-    for pid, rel in zip(manifest["patient_id"], manifest["image_path"]):
-        if pid not in index or present[index[pid]]:
-            continue
-        path = _inside(site, rel)
-        if path is None:
-            report.unusable_images["path outside the site folder"] += 1
+    paths, report.manifest_problems, table = image_paths(site, set(ids))
+    report.tables["manifest"] = table.name if table else None
+    window = None if cfg.window_center is None else (cfg.window_center, cfg.window_width or 1.0)
+    for i, pid in enumerate(ids):
+        if pid not in paths:
             continue
         try:
-            out[index[pid]] = read_image(path, size=cfg.image_size, window=window)
-            present[index[pid]] = True
+            out[i] = load_image_cached(paths[pid], cache_dir=cache_dir, size=cfg.image_size,
+                                       window=window, frame_policy=cfg.frame_policy)
+            present[i] = True
         except UnusableImage as bad:
-            report.unusable_images[bad.reason] += 1
+            report.quarantined_images[bad.reason] += 1
     return out, present
 
 
-def _notes(site: Path, ids: list[str], cfg: DataConfig) -> np.ndarray:
-    tokens = np.zeros((len(ids), cfg.note_max_tokens), dtype=np.int64)
-    if not (site / NOTES).is_file():
-        return tokens
-    index = {pid: i for i, pid in enumerate(ids)}
-    notes = _read_csv(site / NOTES, ("patient_id", "text"))
-    for pid, text in zip(notes["patient_id"], notes["text"]):
-        if pid in index and not tokens[index[pid]].any():
-            tokens[index[pid]] = encode(text, buckets=cfg.note_buckets, max_tokens=cfg.note_max_tokens)
-    return tokens
+def _table(site: Path, stem: str, columns: tuple[str, ...], report: LoadReport) -> pd.DataFrame:
+    path = find_table(site, stem)
+    report.tables[stem] = path.name if path else None
+    return read_table(path, columns) if path else pd.DataFrame(columns=list(columns), dtype=str)
 
 
-def load_site(site: Path, cfg: DataConfig) -> tuple[SiteArrays, LoadReport]:
-    """Decode and preprocess a whole site; bad files are counted, never fatal."""
-    ids, label = read_labels(site)
-    report = LoadReport(patients=len(ids))
-    image, has_image = _images(site, ids, cfg, report)
-    labs_frame = _read_csv(site / LABS, ("patient_id", "code", "value", "unit", "time")) \
-        if (site / LABS).is_file() else pd.DataFrame(columns=["patient_id", "code", "value", "unit", "time"])
-    labs, lab_mask, lab_counts = lab_matrix(labs_frame, ids, cfg.labs)
-    report.lab_rows_dropped, report.unit_conversions = lab_counts.dropped, lab_counts.converted
-    tokens = _notes(site, ids, cfg)
+def load_site(site: Path, cfg: DataConfig, *, cache_dir: Path, site_file: SiteFileConfig | None = None
+              ) -> tuple[SiteArrays, LoadReport]:
+    """Decode (through the per-file cache) and preprocess a whole site."""
+    if not site.is_dir():
+        raise SiteDataError(f"{site}: site folder does not exist or is not a folder")
+    labels = read_labels(site)
+    ids = labels.patient_ids
+    report = LoadReport(patients=len(ids), positives=int(labels.label.sum()), label_problems=labels.problems)
+    image, has_image = _images(site, ids, cfg, cache_dir, report)
+    labs_frame = _table(site, "labs", LAB_COLUMNS, report)
+    labs, lab_mask, counts = lab_matrix(labs_frame, ids, cfg.labs, local=(site_file or SiteFileConfig()).lab_codes,
+                                        index_time=labels.index_time, window_hours=cfg.lab_window_hours)
+    report.lab_rows_used, report.lab_rows_dropped = counts.used, counts.dropped
+    report.unit_conversions = counts.converted
+    report.unknown_lab_codes = Counter(dict(counts.unknown_codes.most_common(20)))
+    notes_frame = _table(site, "notes", ("patient_id", "text"), report)
+    tokens, report.note_problems = note_tokens(notes_frame, ids, buckets=cfg.note_buckets,
+                                               max_tokens=cfg.note_max_tokens)
     modality = np.stack([has_image, lab_mask.any(axis=1), tokens.any(axis=1)], axis=1).astype(np.float32)
-    report.coverage = {name: int(modality[:, k].sum()) for k, name in enumerate(("image", "labs", "notes"))}
-    arrays = SiteArrays(image, labs, lab_mask, tokens, modality, label,
-                        validation_mask(ids, cfg.val_fraction, cfg.split_seed))
+    report.coverage = {name: int(modality[:, k].sum()) for k, name in enumerate(MODALITIES)}
+    usable = modality.any(axis=1)
+    report.usable_patients = int(usable.sum())
+    is_val = validation_mask(ids, cfg.val_fraction, cfg.split_seed)
+    arrays = SiteArrays(image[usable], labs[usable], lab_mask[usable], tokens[usable], modality[usable],
+                        labels.label[usable], is_val[usable])
     return arrays, report

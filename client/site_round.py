@@ -11,9 +11,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from client.cache import load_site_cached
 from client.site import SiteSettings, site_settings
-from client.site_data import SiteArrays
+from client.site_data import SiteArrays, load_site
+from client.site_file import read_site_file
 from client.trainer import evaluate, pick_device, split_dataset, train_dp
 from configs.load import load_experiment, split_overrides
 from configs.schema import ExperimentConfig
@@ -48,7 +48,8 @@ def prepare(overrides: str, node_config: Mapping[str, object], weights: Mapping[
     cfg = load_experiment(split_overrides(overrides))
     site = site_settings(node_config, cfg.data.root)
     torch.set_num_threads(cfg.train.num_threads)
-    arrays, _, _ = load_site_cached(site.data_dir, cfg.data, site.state_dir / "cache")
+    arrays, _ = load_site(site.data_dir, cfg.data, cache_dir=site.cache_dir,
+                          site_file=read_site_file(site.site_file, cfg.data))
     model = build_model(cfg.model, num_labs=len(cfg.data.labs), note_buckets=cfg.data.note_buckets,
                         seed=cfg.seed)
     load_numpy_state(model, weights)

@@ -111,3 +111,20 @@ class ExperimentConfig:
     strategy: StrategyConfig
     simulation: SimulationConfig
     output: OutputConfig
+
+
+@dataclass(frozen=True)
+class LocalLabCode:
+    """A site-local lab code mapped onto one of the model's configured features."""
+
+    code: str
+    feature: str
+    # extra units this code is reported in -> factor to the feature's canonical unit
+    conversions: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SiteFileConfig:
+    """site.yaml: configuration the site owns; the coordinator never sends or sees it."""
+
+    lab_codes: tuple[LocalLabCode, ...] = ()

@@ -23,8 +23,19 @@ def _parser() -> argparse.ArgumentParser:
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--image-size", type=int, default=64)
     synth.add_argument("--out", type=Path, required=True, help="folder that receives one folder per site")
+    synth.add_argument("--messy", action="store_true",
+                       help="export like a real hospital: DICOM variants, broken files, mixed units, ...")
+    synth.add_argument("--only", nargs="*", default=[], metavar="SITE=MODS",
+                       help="restrict a whole site's modalities, e.g. site-b=labs site-c=image+notes")
     run = sub.add_parser("run", help="run a federated experiment in Flower's simulation engine")
     run.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. data.root=DIR rounds=5")
+    site = sub.add_parser("site", help="site IT tools").add_subparsers(dest="site_command", required=True)
+    check = site.add_parser("check", help="validate a site folder without training; print and save a report")
+    check.add_argument("folder", type=Path, help="the site folder (labels, manifest, labs, notes)")
+    check.add_argument("--json", type=Path, help="where to write the JSON report (default: state folder)")
+    check.add_argument("--state-dir", type=Path, help="the site's state folder (default: beside the data)")
+    check.add_argument("--site-config", type=Path, help="site.yaml (default: <folder>/site.yaml)")
+    check.add_argument("overrides", nargs="*", help="Hydra overrides of the data settings")
     demo = sub.add_parser("demo", help="synthesise three hospitals and run the default experiment")
     demo.add_argument("--work", type=Path, default=Path("fedclinic-demo"), help="where the sites go")
     demo.add_argument("overrides", nargs="*", help="extra Hydra overrides")
@@ -42,6 +53,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _synth(args, console)
         if args.command == "run":
             return _run(list(args.overrides), console)
+        if args.command == "site":
+            return _site_check(args, console)
         return _demo(args, console)
     except (ConfigError, SiteDataError, ValueError, FileExistsError) as exc:
         console.print(f"[red]fedclinic {args.command}: {exc}[/red]", soft_wrap=True, highlight=False)
@@ -52,10 +65,45 @@ def _synth(args: argparse.Namespace, console: Console) -> int:
     from synth.hospitals import write_hospitals
     started = time.perf_counter()
     folders = write_hospitals(args.out, sites=args.sites, patients=args.patients, seed=args.seed,
-                              image_size=args.image_size)
+                              image_size=args.image_size, messy=args.messy,
+                              modalities=_site_modalities(args.only) or None)
     console.print(f"wrote {len(folders)} site folders under {args.out.resolve()} "
                   f"in {time.perf_counter() - started:.1f} s: {', '.join(f.name for f in folders)}")
     return 0
+
+
+def _site_modalities(specs: list[str]) -> dict[int, set[str]]:
+    """['site-b=labs', 'site-c=image+notes'] -> {1: {'labs'}, 2: {'image', 'notes'}}."""
+    out = {}
+    for spec in specs:
+        name, _, mods = spec.partition("=")
+        if not (name.startswith("site-") and len(name) == 6 and name[5].isalpha() and mods):
+            raise ValueError(f"--only {spec!r}: expected site-X=MODALITY[+MODALITY] (image, labs, notes)")
+        chosen = set(mods.split("+"))
+        if not chosen <= {"image", "labs", "notes"}:
+            raise ValueError(f"--only {spec!r}: modalities are image, labs and notes")
+        out[ord(name[5].lower()) - ord("a")] = chosen
+    return out
+
+
+def _site_check(args: argparse.Namespace, console: Console) -> int:
+    from client.readiness import as_json, check_site
+    from client.readiness_view import render
+    from client.site import site_settings
+    from configs.load import load_experiment
+    from storage.atomic import write_json
+    cfg = load_experiment(list(args.overrides))
+    node = {"data-path": str(args.folder)}
+    node |= {"state-dir": str(args.state_dir)} if args.state_dir else {}
+    node |= {"site-config": str(args.site_config)} if args.site_config else {}
+    site = site_settings(node, None)
+    verdict = check_site(site, cfg.data)
+    render(verdict, console)
+    out = args.json or site.state_dir / "readiness.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_json(out, as_json(verdict))
+    console.print(f"report written to {out.resolve()}", soft_wrap=True, highlight=False)
+    return 0 if verdict.can_train else 1
 
 
 def _run(overrides: list[str], console: Console) -> int:

@@ -14,9 +14,9 @@ from model.exchange import state_to_numpy
 from model.networks import build_model
 from server.evaluation import SiteEvaluation
 from server.recorder import RunRecorder, SiteTraining
-from server.run_folder import CONFIG, SHARED, SUMMARY, create_run_folder, save_checkpoint, write_json
+from server.run_folder import CONFIG, SHARED, SUMMARY, create_run_folder, save_checkpoint
 from server.summary import build_summary
-from storage.atomic import write_atomic
+from storage.atomic import write_atomic, write_json
 
 app = ServerApp()
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import io
 import secrets
 import time
@@ -12,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from storage.atomic import write_atomic
+from storage.atomic import write_atomic, write_json
 
 CONFIG, CHECKPOINT, SUMMARY = "config.yaml", "global_model.pt", "summary.json"
 SHARED = 0o644  # run folders are read by the central team
@@ -50,6 +49,3 @@ def load_checkpoint(path: Path) -> tuple[int, dict[str, torch.Tensor]]:
     payload = torch.load(path, map_location="cpu", weights_only=True)
     return int(payload["round"]), dict(payload["state_dict"])
 
-
-def write_json(path: Path, data: object) -> None:
-    write_atomic(path, (json.dumps(data, indent=2) + "\n").encode(), mode=SHARED)

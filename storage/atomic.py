@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -28,3 +29,8 @@ def write_atomic(path: Path, payload: bytes, *, mode: int = 0o600) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def write_json(path: Path, data: object, *, mode: int = 0o644) -> None:
+    """Pretty JSON written atomically (readable by default: reports and summaries are shared)."""
+    write_atomic(path, (json.dumps(data, indent=2) + "\n").encode(), mode=mode)

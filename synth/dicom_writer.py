@@ -128,11 +128,10 @@ def _set_pixels(ds: Dataset, stored: np.ndarray, rescale: Rescale) -> None:
     ds.PixelData = stored.tobytes()
 
 
-def write_ct(
-    path: pathlib.Path, hu: np.ndarray, *, patient_id: str, uids: CTUids,
-    profile: SiteProfile, study_date: str,
-) -> None:
-    """Write `hu` (a 2-D HU array) as a CT Image Storage file using the site's conventions."""
+def build_ct(
+    hu: np.ndarray, *, patient_id: str, uids: CTUids, profile: SiteProfile, study_date: str,
+) -> Dataset:
+    """A CT Image Storage dataset (with file meta) holding `hu` in the site's conventions."""
     ds = Dataset()
     ds.file_meta = _file_meta(uids.sop)
     _set_identity(ds, patient_id, uids, study_date)
@@ -142,4 +141,13 @@ def write_ct(
     ds.InstitutionName = f"Synthetic Hospital {profile.prefix}"
     ds.KVP = 120
     _set_pixels(ds, encode_pixels(hu, profile.rescale), profile.rescale)
+    return ds
+
+
+def write_ct(
+    path: pathlib.Path, hu: np.ndarray, *, patient_id: str, uids: CTUids,
+    profile: SiteProfile, study_date: str,
+) -> None:
+    """Write `hu` (a 2-D HU array) as a CT Image Storage file using the site's conventions."""
+    ds = build_ct(hu, patient_id=patient_id, uids=uids, profile=profile, study_date=study_date)
     ds.save_as(path, enforce_file_format=True)

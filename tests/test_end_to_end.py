@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
+from bad_inputs import CORPUS
 from client.site_data import validation_mask
 from configs.load import load_experiment
 from model.networks import build_model
@@ -111,3 +112,21 @@ def test_run_without_a_data_root_says_what_to_do(tmp_path: Path) -> None:
     assert done.returncode == 2 and "is not a folder" in done.stdout
     done = fedclinic("run", "data.root=.", "privacy.target_epsilon=-1", cwd=tmp_path)
     assert done.returncode == 2 and "privacy.target_epsilon" in done.stdout
+
+
+@pytest.mark.slow
+def test_labs_only_images_only_and_broken_sites_train_beside_a_full_site(tmp_path: Path) -> None:
+    sites = tmp_path / "sites"
+    assert fedclinic("synth", "--sites", "3", "--patients", "150", "--image-size", "32", "--seed", "5",
+                     "--only", "site-b=labs", "site-c=image", "--out", str(sites), cwd=tmp_path).returncode == 0
+    assert not (sites / "site-b" / "manifest.csv").exists() and not (sites / "site-c" / "labs.csv").exists()
+    for bad in CORPUS:  # every non-fatal broken input, all at once, at the full site
+        if bad.counted:
+            bad.mutate(sites / "site-a")
+    done = fedclinic("run", f"data.root={sites}", "rounds=2", "train.batch_size=32",
+                     f"output.root={tmp_path / 'runs'}", cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert set(summary["sites"]) == {"site-a", "site-b", "site-c"}
+    assert all(r["site_failures"] == 0 and r["sites_trained"] == 3 for r in summary["rounds"])

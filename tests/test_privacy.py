@@ -54,7 +54,7 @@ def test_plan_covers_all_rounds_and_epochs() -> None:
 
 def _job(sites: Path, cfg: ExperimentConfig) -> SiteJob:
     site = site_settings({"data-path": str(sites / "site-a")}, None)
-    arrays, _ = load_site(site.data_dir, cfg.data)
+    arrays, _ = load_site(site.data_dir, cfg.data, cache_dir=site.cache_dir)
     model = build_model(cfg.model, num_labs=len(cfg.data.labs), note_buckets=cfg.data.note_buckets, seed=0)
     return SiteJob(cfg, site, arrays, model, torch.device("cpu"))
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import shutil
 from pathlib import Path
 
@@ -10,18 +9,19 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from client.cache import load_site_cached
 from client.notes import encode, token_id
 from client.site import discover_sites, site_settings
 from client.site_data import SiteDataError, load_site, validation_mask
 from configs.schema import ExperimentConfig
+from synth.hospitals import write_hospitals
 
 
-def test_site_arrays_have_configured_shapes_and_consistent_masks(small_sites: Path,
+def test_site_arrays_have_configured_shapes_and_consistent_masks(small_sites: Path, tmp_path: Path,
                                                                  experiment: ExperimentConfig) -> None:
     d = experiment.data
-    arrays, report = load_site(small_sites / "site-a", d)
-    n, f = 120, len(d.labs)
+    arrays, report = load_site(small_sites / "site-a", d, cache_dir=tmp_path)
+    n, f = report.usable_patients, len(d.labs)
+    assert n == report.patients == 120
     assert arrays.image.shape == (n, d.image_size, d.image_size) and arrays.image.dtype == np.float32
     assert arrays.labs.shape == arrays.lab_mask.shape == (n, f)
     assert arrays.tokens.shape == (n, d.note_max_tokens) and arrays.tokens.dtype == np.int64
@@ -38,13 +38,13 @@ def test_site_arrays_have_configured_shapes_and_consistent_masks(small_sites: Pa
     assert report.patients == n and arrays.modality_mask.sum(axis=1).min() >= 1
 
 
-def test_unit_conventions_are_harmonised_to_canonical_units(small_sites: Path,
+def test_unit_conventions_are_harmonised_to_canonical_units(small_sites: Path, tmp_path: Path,
                                                             experiment: ExperimentConfig) -> None:
     """site-b reports glucose in mmol/L and creatinine in umol/L; after conversion its
     standardised distribution matches site-a's, which reports canonical units."""
     d = experiment.data
-    a, _ = load_site(small_sites / "site-a", d)
-    b, report_b = load_site(small_sites / "site-b", d)
+    a, _ = load_site(small_sites / "site-a", d, cache_dir=tmp_path)
+    b, report_b = load_site(small_sites / "site-b", d, cache_dir=tmp_path)
     assert report_b.unit_conversions["2345-7: mmol/L -> mg/dL"] > 50
     assert report_b.unit_conversions["2160-0: umol/L -> mg/dL"] > 50
     for j in (0, 1):  # glucose, creatinine
@@ -75,32 +75,15 @@ def test_one_corrupt_dicom_is_counted_not_fatal(small_sites: Path, tmp_path: Pat
     shutil.copytree(small_sites / "site-a", site)
     victim = site / pd.read_csv(site / "manifest.csv")["image_path"].iloc[0]
     victim.write_bytes(victim.read_bytes()[:300])
-    arrays, report = load_site(site, experiment.data)
-    assert sum(report.unusable_images.values()) == 1
+    arrays, report = load_site(site, experiment.data, cache_dir=tmp_path / "cache")
+    assert sum(report.quarantined_images.values()) == 1
     assert report.coverage["image"] == len(pd.read_csv(site / "manifest.csv")) - 1
 
 
 def test_missing_labels_file_is_a_clear_site_error(tmp_path: Path, experiment: ExperimentConfig) -> None:
     (tmp_path / "site").mkdir()
     with pytest.raises(SiteDataError, match="labels.csv: labels file is missing"):
-        load_site(tmp_path / "site", experiment.data)
-
-
-def test_cache_serves_identical_arrays_and_invalidates_on_change(small_sites: Path, tmp_path: Path,
-                                                                 experiment: ExperimentConfig) -> None:
-    site, cache = tmp_path / "site", tmp_path / "cache"
-    shutil.copytree(small_sites / "site-a", site)
-    first, _, hit1 = load_site_cached(site, experiment.data, cache)
-    second, _, hit2 = load_site_cached(site, experiment.data, cache)
-    assert (hit1, hit2) == (False, True)
-    for f in dataclasses.fields(first):
-        assert np.array_equal(getattr(first, f.name), getattr(second, f.name))
-    other = dataclasses.replace(experiment.data, image_size=16)
-    assert load_site_cached(site, other, cache)[2] is False
-    labels = site / "labels.csv"
-    labels.write_text(labels.read_text().replace(",0\n", ",1\n", 1))
-    changed, _, hit3 = load_site_cached(site, experiment.data, cache)
-    assert hit3 is False and changed.label.sum() == first.label.sum() + 1
+        load_site(tmp_path / "site", experiment.data, cache_dir=tmp_path / "cache")
 
 
 def test_simulation_sites_map_partition_ids_to_sorted_folders(small_sites: Path) -> None:
@@ -118,3 +101,12 @@ def test_deployed_site_uses_its_own_node_config_not_the_coordinators_root(small_
     assert (s.name, s.data_dir) == ("st-marys", small_sites / "site-c")
     with pytest.raises(SiteDataError, match="data-path"):
         site_settings({}, None)
+
+
+@pytest.mark.parametrize("only", [{"labs"}, {"image"}, {"notes"}])
+def test_a_single_modality_site_loads(only: set[str], tmp_path: Path, experiment: ExperimentConfig) -> None:
+    (site,) = write_hospitals(tmp_path / "sites", sites=1, patients=60, seed=2, image_size=32,
+                              modalities={0: only})
+    arrays, report = load_site(site, experiment.data, cache_dir=tmp_path / "cache")
+    present = {name for name, n in report.coverage.items() if n}
+    assert present == only and report.usable_patients == 60 == len(arrays.label)

@@ -242,3 +242,45 @@ def test_refuses_non_empty_site_folder(tmp_path: pathlib.Path) -> None:
     assert not any((tmp_path / "site-a").iterdir())
     done = write_hospitals(tmp_path, sites=1, patients=10, seed=0, image_size=16)
     assert done == [tmp_path / "site-a"]
+
+
+def test_default_keywords_keep_clean_output(tmp_path: pathlib.Path) -> None:
+    plain = write_hospitals(tmp_path / "plain", sites=2, patients=12, seed=9, image_size=16)
+    spelled = write_hospitals(tmp_path / "spelled", sites=2, patients=12, seed=9, image_size=16,
+                              messy=False, modalities=None)
+    for a, b in zip(plain, spelled):
+        files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+        assert files == sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
+        assert all((a / f).read_bytes() == (b / f).read_bytes() for f in files)
+
+
+def test_modalities_restrict_whole_sites(tmp_path: pathlib.Path) -> None:
+    full = write_hospitals(tmp_path / "full", sites=3, patients=40, seed=2, image_size=16)
+    dirs = write_hospitals(tmp_path / "some", sites=3, patients=40, seed=2, image_size=16,
+                           modalities={1: {"labs"}, 2: ["image"]})
+    assert sorted(p.name for p in dirs[1].iterdir()) == ["labels.csv", "labs.csv"]
+    assert sorted(p.name for p in dirs[2].iterdir()) == ["images", "labels.csv", "manifest.csv"]
+    ids_b, ids_c = (set(read(d, "labels.csv")["patient_id"]) for d in dirs[1:])
+    assert set(read(dirs[1], "labs.csv")["patient_id"]) == ids_b
+    assert set(read(dirs[2], "manifest.csv")["patient_id"]) == ids_c
+    for a, b in zip(full, dirs):
+        assert (a / "labels.csv").read_bytes() == (b / "labels.csv").read_bytes()
+    assert all((full[0] / f).read_bytes() == (dirs[0] / f).read_bytes()
+               for f in ("manifest.csv", "labs.csv", "notes.csv"))
+
+
+def test_modalities_two_of_three(tmp_path: pathlib.Path) -> None:
+    (site,) = write_hospitals(tmp_path, sites=1, patients=60, seed=4, image_size=16,
+                              modalities={0: {"image", "notes"}})
+    assert not (site / "labs.csv").exists()
+    covered = set(read(site, "manifest.csv")["patient_id"]) | set(read(site, "notes.csv")["patient_id"])
+    assert covered == set(read(site, "labels.csv")["patient_id"])
+
+
+@pytest.mark.parametrize("modalities", [
+    {3: {"labs"}}, {-1: {"labs"}}, {0: set()}, {0: {"xray"}}, {0: "labs"}, {"site-a": {"labs"}},
+])
+def test_bad_modalities(tmp_path: pathlib.Path, modalities: dict[object, object]) -> None:
+    with pytest.raises(ValueError):
+        write_hospitals(tmp_path, sites=3, patients=10, seed=0, image_size=16, modalities=modalities)
+    assert not any(tmp_path.iterdir())

@@ -1,0 +1,264 @@
+"""The bad-input corpus: each entry breaks a clean site in one way and states the outcome.
+
+Entries touch different rows and files (labels rows 0-4, manifest/DICOM rows 10-18, notes of
+patients 20-21) so that all non-fatal entries can be applied to one site at once.
+
+An entry's `expect` is either the reason it must be counted under in the LoadReport (a
+(report field, key) pair) or, for inputs that leave nothing to train on, the start of the
+SiteDataError message that must name the file and the field.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pydicom
+from pydicom.uid import generate_uid
+
+Mutation = Callable[[Path], None]
+
+
+@dataclass(frozen=True)
+class BadInput:
+    """One broken input: how to make it and what must happen."""
+
+    name: str
+    mutate: Mutation
+    counted: tuple[str, str] | None = None  # (LoadReport field, reason key)
+    fatal: str | None = None                # expected SiteDataError message fragment
+
+
+def table(site: Path, name: str) -> pd.DataFrame:
+    return pd.read_csv(site / name, dtype=str, keep_default_na=False)
+
+
+def save(site: Path, name: str, frame: pd.DataFrame) -> None:
+    frame.to_csv(site / name, index=False)
+
+
+def patient(site: Path, k: int = 0) -> str:
+    return table(site, "labels.csv")["patient_id"].iloc[k]
+
+
+def append(site: Path, name: str, *rows: dict[str, str]) -> None:
+    save(site, name, pd.concat([table(site, name), pd.DataFrame(list(rows))], ignore_index=True))
+
+
+def lab(site: Path, **changes: str) -> dict[str, str]:
+    row = dict(table(site, "labs.csv").iloc[0])
+    row.update(changes)
+    return row
+
+
+def image_of(site: Path, k: int) -> Path:
+    return site / table(site, "manifest.csv")["image_path"].iloc[k]
+
+
+def with_index_time(site: Path) -> None:
+    """Give every patient without one an index time one hour after their latest lab."""
+    labs = table(site, "labs.csv")
+    times = pd.to_datetime(labs["time"], errors="coerce", format="ISO8601")
+    latest = times.groupby(labs["patient_id"]).max() + pd.Timedelta(hours=1)
+    labels = table(site, "labels.csv")
+    filled = labels["patient_id"].map(latest.dt.strftime("%Y-%m-%dT%H:%M:%S")).fillna("")
+    existing = labels["index_time"] if "index_time" in labels else pd.Series("", index=labels.index)
+    labels["index_time"] = existing.where(existing != "", filled)  # keep a deliberately bad one
+    save(site, "labels.csv", labels)
+
+
+def lab_patient(site: Path, k: int) -> str:
+    """The k-th patient with labs, past the label rows that other entries break (0-24)."""
+    ids = table(site, "labels.csv")["patient_id"]
+    untouched = set(ids.iloc[25:]) - set(ids.iloc[:25])  # appended duplicates stay excluded
+    with_labs = table(site, "labs.csv")["patient_id"].drop_duplicates()
+    return with_labs[with_labs.isin(untouched)].iloc[k]
+
+
+def _lab_after_index(site: Path) -> None:
+    with_index_time(site)
+    pid = lab_patient(site, 0)
+    append(site, "labs.csv", lab(site, patient_id=pid, time="2030-01-01T00:00:00"))
+
+
+def _lab_too_old(site: Path) -> None:
+    with_index_time(site)
+    pid = lab_patient(site, 1)
+    append(site, "labs.csv", lab(site, patient_id=pid, time="2000-01-01T00:00:00"))
+
+
+def _non_utf8_note(site: Path) -> None:
+    with (site / "notes.csv").open("ab") as fh:
+        fh.write(f'{patient(site, 20)},"\xff\xfe broken bytes"\n'.encode("latin-1"))
+
+
+def _symlink_out(site: Path) -> None:
+    outside = site.parent / "outside.dcm"
+    outside.write_bytes(image_of(site, 13).read_bytes())
+    os.symlink(outside, site / "images" / "link.dcm")
+    frame = table(site, "manifest.csv")
+    frame.loc[13, "image_path"] = "images/link.dcm"
+    save(site, "manifest.csv", frame)
+
+
+def _manifest_path(value: str, row: int) -> Mutation:
+    def mutate(site: Path) -> None:
+        frame = table(site, "manifest.csv")
+        frame.loc[row, "image_path"] = value
+        save(site, "manifest.csv", frame)
+    return mutate
+
+
+def _dicom(change: Callable[[pydicom.Dataset], None], row: int) -> Mutation:
+    def mutate(site: Path) -> None:
+        path = image_of(site, row)
+        ds = pydicom.dcmread(path)
+        change(ds)
+        ds.save_as(path, enforce_file_format=True)
+    return mutate
+
+
+def _no_pixels(ds: pydicom.Dataset) -> None:
+    del ds.PixelData
+
+
+def _zero_rows(ds: pydicom.Dataset) -> None:
+    ds.Rows, ds.PixelData = 0, b""
+
+
+def _structured_report(ds: pydicom.Dataset) -> None:
+    del ds.PixelData
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.88.11"
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.Modality = "SR"
+
+
+def _truncate(site: Path) -> None:
+    path = image_of(site, 17)
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) * 6 // 10])
+
+
+def _not_dicom(site: Path) -> None:
+    image_of(site, 18).write_bytes(b"this is a PDF pretending to be DICOM" * 20)
+
+
+def _labels(change: Callable[[pd.DataFrame], pd.DataFrame]) -> Mutation:
+    def mutate(site: Path) -> None:
+        save(site, "labels.csv", change(table(site, "labels.csv")))
+    return mutate
+
+
+def _labs_row(**changes: str) -> Mutation:
+    def mutate(site: Path) -> None:
+        append(site, "labs.csv", lab(site, **changes))
+    return mutate
+
+
+def _write(name: str, text: str) -> Mutation:
+    def mutate(site: Path) -> None:
+        (site / name).write_text(text, encoding="utf-8")
+    return mutate
+
+
+def _unlink(name: str) -> Mutation:
+    def mutate(site: Path) -> None:
+        (site / name).unlink()
+    return mutate
+
+
+def _dupe_row(name: str, row: int) -> Mutation:
+    def mutate(site: Path) -> None:
+        frame = table(site, name)
+        save(site, name, pd.concat([frame, frame.iloc[row:row + 1]], ignore_index=True))
+    return mutate
+
+
+def _conflicting_label(frame: pd.DataFrame) -> pd.DataFrame:
+    extra = frame.iloc[1:2].copy()
+    extra["label"] = "1" if frame["label"].iloc[1] == "0" else "0"
+    return pd.concat([frame, extra], ignore_index=True)
+
+
+def _set_row(column: str, value: str, row: int) -> Callable[[pd.DataFrame], pd.DataFrame]:
+    def change(frame: pd.DataFrame) -> pd.DataFrame:
+        frame.loc[row, column] = value
+        return frame
+    return change
+
+
+def _note(text: str) -> Mutation:
+    def mutate(site: Path) -> None:
+        append(site, "notes.csv", {"patient_id": patient(site, 21), "text": text})
+    return mutate
+
+
+def _parquet_beside_csv(site: Path) -> None:
+    table(site, "labels.csv").to_parquet(site / "labels.parquet")
+
+
+def _local_code_to_unknown_feature(site: Path) -> None:
+    (site / "site.yaml").write_text('lab_codes:\n  - {code: LOCAL-1, feature: "9999-9"}\n')
+
+
+CORPUS: tuple[BadInput, ...] = (
+    # labels
+    BadInput("labels file missing", _unlink("labels.csv"), fatal="labels.csv: labels file is missing"),
+    BadInput("labels without a label column", _write("labels.csv", "patient_id,outcome\nA1,1\n"),
+             fatal="labels.csv: missing column(s) ['label']"),
+    BadInput("labels header only", _write("labels.csv", "patient_id,label\n"),
+             fatal="no patient has a usable 0/1 label"),
+    BadInput("labels in two formats", _parquet_beside_csv, fatal="both labels.csv and labels.parquet exist"),
+    BadInput("label value not 0/1", _labels(_set_row("label", "unknown", 4)),
+             counted=("label_problems", "label is not 0 or 1")),
+    BadInput("conflicting duplicate label", _labels(_conflicting_label),
+             counted=("label_problems", "patient with conflicting labels")),
+    BadInput("exact duplicate label row", _dupe_row("labels.csv", 2), counted=("label_problems", "duplicate label row")),
+    BadInput("empty patient id", _labels(_set_row("patient_id", "", 3)), counted=("label_problems", "empty patient id")),
+    BadInput("unparseable index time", _labels(lambda f: f.assign(index_time=["yesterday"] + [""] * (len(f) - 1))),
+             counted=("label_problems", "unparseable index_time")),
+    # labs
+    BadInput("lab value NaN", _labs_row(value="NaN"), counted=("lab_rows_dropped", "non-finite value (NaN/inf)")),
+    BadInput("lab value inf", _labs_row(value="inf"), counted=("lab_rows_dropped", "non-finite value (NaN/inf)")),
+    BadInput("lab value text", _labs_row(value="pending"), counted=("lab_rows_dropped", "non-numeric value")),
+    BadInput("lab value empty", _labs_row(value=""), counted=("lab_rows_dropped", "non-numeric value")),
+    BadInput("lab unknown unit", _labs_row(code="2345-7", unit="mg/dl%", value="100"),
+             counted=("lab_rows_dropped", "unknown unit 'mg/dl%' for 2345-7")),
+    BadInput("lab unknown code", _labs_row(code="XYZ-123"), counted=("unknown_lab_codes", "XYZ-123")),
+    BadInput("lab implausible value", _labs_row(code="2345-7", unit="mg/dL", value="99999"),
+             counted=("lab_rows_dropped", "implausible value for 2345-7")),
+    BadInput("lab duplicate row", _dupe_row("labs.csv", 0), counted=("lab_rows_dropped", "duplicate row")),
+    BadInput("lab unparseable time", _labs_row(time="31/31/2026 25:99"), counted=("lab_rows_dropped", "unparseable time")),
+    BadInput("lab after index time", _lab_after_index, counted=("lab_rows_dropped", "measured after the index time")),
+    BadInput("lab outside the window", _lab_too_old, counted=("lab_rows_dropped", "older than the lab window")),
+    BadInput("lab for an unlabelled patient", _labs_row(patient_id="NOBODY"),
+             counted=("lab_rows_dropped", "row for a patient without a label")),
+    BadInput("labs missing a column", _write("labs.csv", "patient_id,code,value,time\nA1,2345-7,5,2026-01-01\n"),
+             fatal="labs.csv: missing column(s) ['unit']"),
+    BadInput("site.yaml maps to an unconfigured feature", _local_code_to_unknown_feature,
+             fatal="site.yaml: lab_codes[0].feature '9999-9' is not a configured lab feature"),
+    # notes
+    BadInput("empty note", _note(""), counted=("note_problems", "empty note")),
+    BadInput("whitespace-only note", _note("   \t "), counted=("note_problems", "empty note")),
+    BadInput("non-UTF-8 note", _non_utf8_note, counted=("note_problems", "undecodable note (not UTF-8)")),
+    # manifest paths
+    BadInput("manifest path with ..", _manifest_path("../other-site/images/x.dcm", 10),
+             counted=("manifest_problems", "path outside the site folder")),
+    BadInput("manifest absolute path", _manifest_path("/etc/passwd", 11),
+             counted=("manifest_problems", "path outside the site folder")),
+    BadInput("manifest symlink escaping the site", _symlink_out,
+             counted=("manifest_problems", "path outside the site folder")),
+    BadInput("manifest row for an unlabelled patient", lambda s: append(s, "manifest.csv", {"patient_id": "NOBODY", "image_path": "images/x.dcm"}),
+             counted=("manifest_problems", "manifest row for a patient without a label")),
+    BadInput("manifest file missing", _manifest_path("images/nope.dcm", 12),
+             counted=("manifest_problems", "file listed in the manifest is missing")),
+    # DICOM
+    BadInput("truncated DICOM", _truncate, counted=("quarantined_images", "truncated or corrupt file")),
+    BadInput("not DICOM at all", _not_dicom, counted=("quarantined_images", "not a DICOM file")),
+    BadInput("DICOM without PixelData", _dicom(_no_pixels, 14), counted=("quarantined_images", "no pixel data")),
+    BadInput("zero-sized image", _dicom(_zero_rows, 15), counted=("quarantined_images", "empty image")),
+    BadInput("wrong SOP class (SR)", _dicom(_structured_report, 16),
+             counted=("quarantined_images", "non-image object: Basic Text SR Storage")),
+)
