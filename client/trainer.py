@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -72,22 +71,18 @@ def train_dp(model: nn.Module, data: TensorDataset, *, cfg: TrainConfig, dp: DPS
     """cfg.local_epochs of DP-SGD (Poisson sampling); the accountant resumes from `prior`."""
     model.to(device).train()
     loader = DataLoader(data, batch_size=cfg.batch_size)
-    private = make_private(model, _optimizer(model, cfg), loader, settings=dp, prior=prior)
+    private = make_private(model, _optimizer(model, cfg), loader, settings=dp, prior=prior,
+                           criterion=nn.BCEWithLogitsLoss())  # = batch_loss, per-sample decomposable
     losses: list[float] = []
     steps = 0
     try:
         for _ in range(cfg.local_epochs):
             for tensors in private.loader:
                 batch = ClinicalBatch(*tensors).to(device)
-                private.optimizer.zero_grad(set_to_none=True)
-                loss = batch_loss(private.model, batch)
-                with warnings.catch_warnings():  # inputs never require grad; Opacus hooks are fine
-                    warnings.filterwarnings("ignore", message="Full backward hook is firing")
-                    loss.backward()
-                private.optimizer.step()
+                loss = private.step(batch, batch.label)  # empty batch: noisy step, None
                 steps += 1
-                if len(batch.label):
-                    losses.append(float(loss.detach()))
+                if loss is not None:
+                    losses.append(loss)
     finally:
         private.close()
     mean_loss = float(np.mean(losses)) if losses else float("nan")

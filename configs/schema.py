@@ -124,7 +124,20 @@ class LocalLabCode:
 
 
 @dataclass(frozen=True)
+class PrivacyPolicy:
+    """The site's privacy promise for one dataset; it can only tighten what the coordinator asks."""
+
+    dataset_id: str | None = None          # ledger key; default: the site name
+    lifetime_epsilon: float = 10.0         # total over every run on this dataset
+    lifetime_delta: float = 1e-5
+    run_epsilon: float | None = None       # per-run ceiling (null: the coordinator's target)
+    min_noise_multiplier: float = 0.5
+    max_grad_norm: float | None = None     # largest clipping norm accepted (null: any)
+
+
+@dataclass(frozen=True)
 class SiteFileConfig:
     """site.yaml: configuration the site owns; the coordinator never sends or sees it."""
 
     lab_codes: tuple[LocalLabCode, ...] = ()
+    privacy: PrivacyPolicy = field(default_factory=PrivacyPolicy)

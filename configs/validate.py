@@ -7,7 +7,7 @@ from configs.schema import ExperimentConfig
 
 OPTIMIZERS = ("adam", "sgd")
 ACCOUNTANTS = ("prv", "rdp")
-GRAD_SAMPLE_MODES = ("hooks",)
+GRAD_SAMPLE_MODES = ("hooks", "ghost")
 STRATEGIES = ("fedavg",)
 DEVICES = ("auto", "cpu", "cuda")
 FRAME_POLICIES = ("middle", "first", "mean")

@@ -36,6 +36,8 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--state-dir", type=Path, help="the site's state folder (default: beside the data)")
     check.add_argument("--site-config", type=Path, help="site.yaml (default: <folder>/site.yaml)")
     check.add_argument("overrides", nargs="*", help="Hydra overrides of the data settings")
+    from launcher.privacy_cli import add_parsers as add_privacy_parsers
+    add_privacy_parsers(sub)
     demo = sub.add_parser("demo", help="synthesise three hospitals and run the default experiment")
     demo.add_argument("--work", type=Path, default=Path("fedclinic-demo"), help="where the sites go")
     demo.add_argument("overrides", nargs="*", help="extra Hydra overrides")
@@ -48,6 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     console = Console()
     from configs.parse import ConfigError
     from client.site_data import SiteDataError
+    from privacy.ledger import LedgerError
     try:
         if args.command == "synth":
             return _synth(args, console)
@@ -55,8 +58,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(list(args.overrides), console)
         if args.command == "site":
             return _site_check(args, console)
+        if args.command == "privacy":
+            from launcher.privacy_cli import run as privacy_command
+            return privacy_command(args, console)
         return _demo(args, console)
-    except (ConfigError, SiteDataError, ValueError, FileExistsError) as exc:
+    except (ConfigError, SiteDataError, LedgerError, ValueError, FileExistsError) as exc:
         console.print(f"[red]fedclinic {args.command}: {exc}[/red]", soft_wrap=True, highlight=False)
         return 2
 

@@ -9,22 +9,15 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 
 from opacus.accountants import create_accountant
 from opacus.accountants.accountant import IAccountant
 from opacus.accountants.utils import get_noise_multiplier
 
+from privacy.mechanism import MechanismUse
+
 ACCOUNTANTS = ("prv", "rdp")
-
-
-@dataclass(frozen=True)
-class MechanismUse:
-    """`steps` applications of the subsampled Gaussian at (noise_multiplier, sample_rate)."""
-
-    noise_multiplier: float
-    sample_rate: float
-    steps: int
+__all__ = ["ACCOUNTANTS", "MechanismUse", "calibrate_noise", "epsilon_spent", "merge"]
 
 
 def _accountant(name: str, history: Sequence[MechanismUse]) -> IAccountant:
@@ -39,7 +32,7 @@ def epsilon_spent(history: Sequence[MechanismUse], delta: float, accountant: str
     """Epsilon of the composed history at `delta` (0 for an empty history)."""
     if not any(h.steps > 0 for h in history):
         return 0.0
-    acc = _accountant(accountant, [h for h in history if h.steps > 0])
+    acc = _accountant(accountant, merge(h for h in history if h.steps > 0))  # same ε, fewer terms
     with warnings.catch_warnings():  # RDP's "optimal order is the largest alpha" is a tightness hint
         warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
         return float(acc.get_epsilon(delta=delta))

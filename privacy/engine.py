@@ -1,4 +1,12 @@
-"""The one place Opacus is wrapped: DP-SGD over a model, optimizer and Poisson-sampled loader."""
+"""The one place Opacus is wrapped: DP-SGD over a model, optimizer and Poisson-sampled loader.
+
+Two per-sample clipping modes (`DPSettings.grad_sample_mode`):
+- "hooks": Opacus materialises every per-sample gradient, clips, sums, noises.
+- "ghost": fast gradient clipping. The first backward pass computes per-sample gradient norms
+  (Linear and Embedding without building per-sample gradients), the second back-propagates the
+  loss reweighted by the clip factors, so only the clipped sum is ever built.
+Both use `PrivateTraining.step`, the same code for either mode.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +14,20 @@ import logging
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
+import torch
 from opacus import PrivacyEngine
-from opacus.optimizers import DPOptimizer
+from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
 from torch import nn
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
 from privacy.accountant import MechanismUse, merge
+
+GHOST = "ghost"
+HOOKS = "hooks"
+SUPPORTED_MODES = (HOOKS, GHOST)
 
 
 @dataclass(frozen=True)
@@ -28,12 +42,57 @@ class DPSettings:
 
 @dataclass
 class PrivateTraining:
-    """A model, optimizer and loader made private, plus the accountant that watches them."""
+    """A model, optimizer, criterion and loader made private, plus the accountant that watches them.
+
+    `criterion` is the criterion as given (hooks) or Opacus' DPLossFastGradientClipping wrapper
+    (ghost), whose loss `.backward()` runs both passes. Train with `step`; `loss` + `.backward()`
+    + `optimizer.step()` is the same thing for a non-empty batch.
+    """
 
     model: nn.Module
     optimizer: DPOptimizer
     loader: DataLoader
     engine: PrivacyEngine
+    criterion: Any
+    grad_sample_mode: str
+
+    def loss(self, inputs: Any, target: torch.Tensor) -> Any:
+        """The criterion's batch mean on the wrapped model: a Tensor (hooks) or a
+        DPTensorFastGradientClipping (ghost); both support `.backward()`, `.detach()`, `.item()`.
+        The batch must not be empty (an empty mean is NaN); `step` handles empty batches."""
+        return self.criterion(self.model(inputs), target)
+
+    def step(self, inputs: Any, target: torch.Tensor) -> float | None:
+        """One DP-SGD step on a Poisson batch: the batch's mean loss, or None for an empty batch.
+
+        An empty batch still takes the noisy step: the clipped sum is zero, Gaussian noise
+        (std sigma*C, divided by the expected batch size) is added and the accountant records the
+        step. Skipping it would leak whether the differing record was sampled.
+        """
+        self.optimizer.zero_grad(set_to_none=True)
+        if len(target) == 0:
+            self._zero_clipped_sum()
+            self.optimizer.step()
+            return None
+        loss = self.loss(inputs, target)
+        with warnings.catch_warnings():  # inputs never require grad; Opacus hooks are fine
+            warnings.filterwarnings("ignore", message="Full backward hook is firing")
+            loss.backward()
+        self.optimizer.step()
+        return float(loss.detach())
+
+    def _zero_clipped_sum(self) -> None:
+        """Give the optimizer what a 0-sample backward pass would have left, without running one.
+
+        hooks: DPOptimizer clips `p.grad_sample` ([0, *shape]: no sample -> zero sum).
+        ghost: DPOptimizerFastGradientClipping takes `p.grad` as the clipped sum. A real
+        forward/backward of an empty batch crashes Opacus' nn.Embedding ghost norm sampler.
+        """
+        for p in self.optimizer.params:
+            if isinstance(self.optimizer, DPOptimizerFastGradientClipping):
+                p.grad = torch.zeros_like(p)
+            else:
+                p.grad_sample = p.new_zeros((0, *p.shape))
 
     def history(self) -> list[MechanismUse]:
         """The accountant's full history: the prior spend plus every step taken since."""
@@ -47,8 +106,19 @@ class PrivateTraining:
 
 
 def make_private(model: nn.Module, optimizer: Optimizer, loader: DataLoader, *,
-                 settings: DPSettings, prior: Sequence[MechanismUse]) -> PrivateTraining:
-    """Wrap for DP-SGD with Poisson sampling; the accountant resumes from `prior`."""
+                 settings: DPSettings, prior: Sequence[MechanismUse],
+                 criterion: nn.Module | None = None) -> PrivateTraining:
+    """Wrap for DP-SGD with Poisson sampling; the accountant resumes from `prior`.
+
+    `criterion` (default BCEWithLogitsLoss) must decompose per sample and use reduction="mean":
+    Opacus rescales by the expected batch size len(dataset)/len(loader) in both modes.
+    """
+    mode = settings.grad_sample_mode
+    if mode not in SUPPORTED_MODES:
+        raise ValueError(f"grad_sample_mode must be one of {SUPPORTED_MODES} (got {mode!r})")
+    criterion = nn.BCEWithLogitsLoss() if criterion is None else criterion
+    if getattr(criterion, "reduction", "mean") != "mean":
+        raise ValueError(f"criterion.reduction must be 'mean' (got {criterion.reduction!r})")
     with warnings.catch_warnings():
         # Opacus warns on every engine; torchcsprng (secure_mode) does not exist for torch 2.x.
         warnings.filterwarnings("ignore", message="Secure RNG turned off")
@@ -57,8 +127,12 @@ def make_private(model: nn.Module, optimizer: Optimizer, loader: DataLoader, *,
         "DP noise comes from torch's default RNG: Opacus secure_mode needs torchcsprng, "
         "which has no release for torch 2.x")
     engine.accountant.history = [(h.noise_multiplier, h.sample_rate, h.steps) for h in prior]
-    private_model, private_opt, private_loader = engine.make_private(
-        module=model, optimizer=optimizer, data_loader=loader,
+    wrapped = engine.make_private(
+        module=model, optimizer=optimizer, data_loader=loader, criterion=criterion,
         noise_multiplier=settings.noise_multiplier, max_grad_norm=settings.max_grad_norm,
-        poisson_sampling=True, grad_sample_mode=settings.grad_sample_mode)
-    return PrivateTraining(private_model, private_opt, private_loader, engine)
+        loss_reduction="mean", poisson_sampling=True, grad_sample_mode=mode)
+    if mode == GHOST:
+        private_model, private_opt, private_criterion, private_loader = wrapped
+    else:
+        (private_model, private_opt, private_loader), private_criterion = wrapped, criterion
+    return PrivateTraining(private_model, private_opt, private_loader, engine, private_criterion, mode)

@@ -12,6 +12,7 @@ from flwr.serverapp.strategy import FedAvg
 from configs.load import load_experiment, split_overrides, to_yaml
 from model.exchange import state_to_numpy
 from model.networks import build_model
+from privacy.decline import REASONS as DECLINE_REASONS
 from server.evaluation import SiteEvaluation
 from server.recorder import RunRecorder, SiteTraining
 from server.run_folder import CONFIG, SHARED, SUMMARY, create_run_folder, save_checkpoint
@@ -21,9 +22,12 @@ from storage.atomic import write_atomic, write_json
 app = ServerApp()
 
 
-def _site(msg: Message) -> str:
+def _site(msg: Message, recorder: RunRecorder) -> str:
+    """The name a site gives itself in its replies (remembered for its later error replies)."""
     records = msg.content.config_records
-    return str(records["site"]["name"]) if "site" in records else f"node-{msg.metadata.src_node_id}"
+    if "site" in records:
+        recorder.names[msg.metadata.src_node_id] = str(records["site"]["name"])
+    return recorder.site_name(msg.metadata.src_node_id)
 
 
 def _metrics(msg: Message) -> MetricRecord:
@@ -42,10 +46,12 @@ class RecordingFedAvg(FedAvg):
         replies = list(replies)
         arrays, metrics = super().aggregate_train(server_round, replies)
         ok = [m for m in replies if not m.has_error()]
+        declined = {m.metadata.src_node_id: m.error.code for m in replies
+                    if m.has_error() and m.error.code in DECLINE_REASONS}
         self.recorder.trained(server_round, [SiteTraining(
-            _site(m), float(_metrics(m)["train-loss"]), int(_metrics(m)["num-examples"]),
-            float(_metrics(m)["epsilon"]), float(_metrics(m)["delta"])) for m in ok],
-            failures=len(replies) - len(ok))
+            _site(m, self.recorder), float(_metrics(m)["train-loss"]), int(_metrics(m)["num-examples"]),
+            float(_metrics(m)["epsilon"]), float(_metrics(m)["delta"]), float(_metrics(m)["lifetime-epsilon"]))
+            for m in ok], failures=len(replies) - len(ok) - len(declined), declined=declined)
         if arrays is not None:
             save_checkpoint(self.run_dir, {k: v.numpy() for k, v in arrays.items()}, server_round)
         return arrays, metrics
@@ -53,7 +59,7 @@ class RecordingFedAvg(FedAvg):
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         replies = list(replies)
         ok, _ = self._check_and_log_replies(replies, is_train=False)
-        evals = [SiteEvaluation(_site(m), float(_metrics(m)["auroc"]) if _metrics(m)["auroc-defined"] else None,
+        evals = [SiteEvaluation(_site(m, self.recorder), float(_metrics(m)["auroc"]) if _metrics(m)["auroc-defined"] else None,
                                 float(_metrics(m)["eval-loss"]), int(_metrics(m)["num-examples"])) for m in ok]
         result = self.recorder.evaluated(server_round, evals, failures=len(replies) - len(ok))
         values = {"auroc": result.auroc, "loss": result.loss}

@@ -22,6 +22,7 @@ class SiteTraining:
     num_examples: int
     epsilon: float
     delta: float
+    lifetime_epsilon: float
 
 
 @dataclass
@@ -31,6 +32,7 @@ class RoundRecord:
     round: int
     training: list[SiteTraining] = field(default_factory=list)
     train_failures: int = 0
+    declined: dict[int, int] = field(default_factory=dict)  # node id -> decline code
     evaluation: GlobalEvaluation | None = None
     site_evals: list[SiteEvaluation] = field(default_factory=list)
     eval_failures: int = 0
@@ -47,6 +49,7 @@ class RunRecorder:
         self.total_rounds = total_rounds
         self.console = console or Console()
         self.rounds: dict[int, RoundRecord] = {}
+        self.names: dict[int, str] = {}  # node id -> site name, learned from its replies
         self._progress: Progress | None = None
         self._task: int | None = None
 
@@ -65,9 +68,14 @@ class RunRecorder:
             finally:
                 self._progress = None
 
-    def trained(self, number: int, sites: Sequence[SiteTraining], failures: int) -> None:
+    def trained(self, number: int, sites: Sequence[SiteTraining], failures: int,
+                declined: Mapping[int, int] | None = None) -> None:
         record = self._round(number)
         record.training, record.train_failures = list(sites), failures
+        record.declined = dict(declined or {})
+
+    def site_name(self, node_id: int) -> str:
+        return self.names.get(node_id, f"node-{node_id}")
 
     def evaluated(self, number: int, sites: Sequence[SiteEvaluation], failures: int) -> GlobalEvaluation:
         record = self._round(number)
@@ -81,12 +89,12 @@ class RunRecorder:
     def table(self) -> Table:
         """Round, AUROC, loss, max epsilon over sites, and failures."""
         table = Table(title="fedclinic rounds (weighted federated evaluation)")
-        for name in ("round", "AUROC", "loss", "max ε (sites)", "site failures"):
+        for name in ("round", "AUROC", "loss", "max ε (sites)", "declined", "failed"):
             table.add_column(name, justify="right")
         for r in sorted(self.rounds.values(), key=lambda r: r.round):
             ev = r.evaluation
             table.add_row(str(r.round), _fmt(ev.auroc if ev else None), _fmt(ev.loss if ev else None),
-                          _fmt(r.max_epsilon, 2), str(r.train_failures + r.eval_failures))
+                          _fmt(r.max_epsilon, 2), str(len(r.declined)), str(r.train_failures + r.eval_failures))
         return table
 
     def last_site_values(self) -> Mapping[str, dict[str, float | int | None]]:
@@ -95,7 +103,7 @@ class RunRecorder:
         for r in sorted(self.rounds.values(), key=lambda r: r.round):
             for t in r.training:
                 sites.setdefault(t.site, {"auroc": None}).update(
-                    epsilon=t.epsilon, delta=t.delta, num_train=t.num_examples)
+                    epsilon=t.epsilon, delta=t.delta, lifetime_epsilon=t.lifetime_epsilon, num_train=t.num_examples)
             for e in r.site_evals:
                 sites.setdefault(e.site, {"epsilon": None, "delta": None, "num_train": None})["auroc"] = e.auroc
         return sites
@@ -109,4 +117,5 @@ def _round_line(r: RoundRecord, total: int) -> str:
     ev = r.evaluation
     return (f"round {r.round}/{total}: AUROC {_fmt(ev.auroc if ev else None)}  "
             f"loss {_fmt(ev.loss if ev else None)}  max ε {_fmt(r.max_epsilon, 2)}  "
-            f"sites {len(r.training)} trained, {r.train_failures + r.eval_failures} failed")
+            f"sites {len(r.training)} trained, {len(r.declined)} declined, "
+            f"{r.train_failures + r.eval_failures} failed")

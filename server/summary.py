@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from configs.schema import ExperimentConfig
+from privacy.decline import REASONS as DECLINE_REASONS
+from privacy.guarantee import GUARANTEE
 from server.recorder import RunRecorder
 
-GUARANTEE = ("sample-level (add/remove one patient record) (epsilon, delta)-DP per site, "
-             "DP-SGD with Poisson sampling; epsilons of different sites do not add up")
 
 
 def build_summary(cfg: ExperimentConfig, recorder: RunRecorder, run_id: str) -> dict[str, Any]:
@@ -18,12 +18,12 @@ def build_summary(cfg: ExperimentConfig, recorder: RunRecorder, run_id: str) -> 
         ev = r.evaluation
         rounds.append({"round": r.round, "auroc": ev.auroc if ev else None, "loss": ev.loss if ev else None,
                        "max_epsilon": r.max_epsilon, "sites_trained": len(r.training),
-                       "site_failures": r.train_failures + r.eval_failures})
+                       "sites_declined": len(r.declined), "site_failures": r.train_failures + r.eval_failures})
     evaluated = [r for r in rounds if r["auroc"] is not None]
     return {
         "run_id": run_id,
         "rounds": rounds,
-        "sites": dict(recorder.last_site_values()),
+        "sites": _sites(recorder),
         "final_auroc": evaluated[-1]["auroc"] if evaluated else None,
         "target_epsilon": cfg.privacy.target_epsilon,
         "target_delta": cfg.privacy.target_delta,
@@ -31,3 +31,14 @@ def build_summary(cfg: ExperimentConfig, recorder: RunRecorder, run_id: str) -> 
         "privacy_guarantee": GUARANTEE,
         "checkpoint": "global_model.pt",
     }
+
+
+def _sites(recorder: RunRecorder) -> dict[str, dict[str, Any]]:
+    """Final values per site, plus the rounds it declined and why (from its decline codes)."""
+    sites = {name: dict(values) for name, values in recorder.last_site_values().items()}
+    for r in sorted(recorder.rounds.values(), key=lambda r: r.round):
+        for node, code in r.declined.items():
+            site = sites.setdefault(recorder.site_name(node), {"epsilon": None, "delta": None, "auroc": None})
+            site.setdefault("declined_rounds", []).append(r.round)
+            site["decline_reason"] = DECLINE_REASONS.get(code, f"code {code}")
+    return sites

@@ -11,6 +11,7 @@ from synth.dicom_writer import make_uids, write_ct
 from synth.messy_site import JSONL_NOTES_SITE, MessyOptions, write_messy_site
 from synth.modalities import ALL_MODALITIES, check_modalities, restrict
 from synth.site_files import write_csv
+from synth.site_policy import add_policy
 from synth.site_profiles import MAX_SITES, SiteProfile, site_name, site_profile
 
 MIN_PATIENTS, MAX_PATIENTS = 10, 99_999
@@ -107,4 +108,5 @@ def write_hospitals(out: pathlib.Path, *, sites: int, patients: int, seed: int, 
             write_messy_site(site_dir, cohort, profile, seed, image_size, options)
         else:
             _write_site(site_dir, cohort, profile, seed, image_size, mods)
+        add_policy(site_dir)
     return dirs

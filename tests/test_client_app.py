@@ -41,10 +41,11 @@ def test_train_replies_with_weights_metrics_and_keeps_dp_state(small_sites: Path
     first = app(request("train", 1), ctx)
     assert not first.has_error()
     metrics = first.content.metric_records["metrics"]
-    assert set(metrics) == {"train-loss", "num-examples", "epsilon", "delta", "noise-multiplier", "steps"}
+    assert set(metrics) == {"train-loss", "num-examples", "epsilon", "delta", "lifetime-epsilon",
+                            "noise-multiplier", "steps"}
     assert first.content.config_records["site"]["name"] == "site-b"
     assert set(first.content.array_records["arrays"]) == set(request("train").content.array_records["arrays"])
-    second = app(request("train", 2), ctx)  # same Context: Flower persists context.state per node
+    second = app(request("train", 2), ctx)  # the site's ledger carries the run's spend between messages
     assert second.content.metric_records["metrics"]["epsilon"] > metrics["epsilon"]
     assert second.content.metric_records["metrics"]["noise-multiplier"] == metrics["noise-multiplier"]
     ev = app(request("evaluate"), ctx)

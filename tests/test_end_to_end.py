@@ -130,3 +130,31 @@ def test_labs_only_images_only_and_broken_sites_train_beside_a_full_site(tmp_pat
     summary = json.loads((run_dir / "summary.json").read_text())
     assert set(summary["sites"]) == {"site-a", "site-b", "site-c"}
     assert all(r["site_failures"] == 0 and r["sites_trained"] == 3 for r in summary["rounds"])
+
+
+@pytest.mark.slow
+def test_budgets_carry_over_between_runs_and_a_site_declines_rounds_that_would_overspend(tmp_path: Path) -> None:
+    sites = tmp_path / "sites"
+    assert fedclinic("synth", "--sites", "3", "--patients", "150", "--image-size", "32", "--seed", "8",
+                     "--out", str(sites), cwd=tmp_path).returncode == 0
+    policy = sites / "site-b" / "site.yaml"
+    policy.write_text(policy.read_text().replace("lifetime_epsilon: 50.0", "lifetime_epsilon: 8.5"))
+    common = ("run", f"data.root={sites}", "rounds=4", "train.batch_size=32", f"output.root={tmp_path / 'runs'}")
+    first = fedclinic(*common, "privacy.target_epsilon=5", cwd=tmp_path)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    (run1,) = (tmp_path / "runs").iterdir()
+    one = json.loads((run1 / "summary.json").read_text())
+    assert all("declined_rounds" not in site for site in one["sites"].values())
+
+    second = fedclinic(*common, "privacy.target_epsilon=8", cwd=tmp_path)  # would take site-b past 8.5
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    (run2,) = set((tmp_path / "runs").iterdir()) - {run1}
+    two = json.loads((run2 / "summary.json").read_text())
+    b = two["sites"]["site-b"]
+    assert b["declined_rounds"] and b["declined_rounds"][-1] == 4 and 1 not in b["declined_rounds"]
+    assert "lifetime privacy budget" in b["decline_reason"] and b["lifetime_epsilon"] <= 8.5
+    assert all("declined_rounds" not in two["sites"][s] for s in ("site-a", "site-c"))
+    assert two["rounds"][-1]["sites_trained"] == 2 and two["rounds"][-1]["sites_declined"] == 1
+    assert two["final_auroc"] is not None and "declined" in second.stdout
+    a1, a2 = one["sites"]["site-a"], two["sites"]["site-a"]  # the second run starts from the first's spend
+    assert a2["lifetime_epsilon"] > a2["epsilon"] and a2["lifetime_epsilon"] > a1["lifetime_epsilon"]

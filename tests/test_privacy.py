@@ -11,16 +11,16 @@ from opacus.accountants import PRVAccountant, RDPAccountant
 from torch.utils.data import TensorDataset
 
 from client.site_data import load_site
-from client.site_round import DPState, SiteJob, train_round
+from client.site_round import SiteJob, train_round
 from client.site import site_settings
 from client.trainer import batch_loss, split_dataset
 from configs.load import load_experiment
-from configs.schema import ExperimentConfig
+from configs.schema import ExperimentConfig, PrivacyPolicy, SiteFileConfig
 from model.batch import ClinicalBatch
-from model.exchange import state_to_numpy
 from model.networks import build_model
 from privacy.accountant import MechanismUse, calibrate_noise, epsilon_spent
 from privacy.engine import DPSettings, make_private
+from privacy.ledger import LEDGER_FILE, Ledger
 from privacy.planning import plan_noise
 
 
@@ -52,27 +52,26 @@ def test_plan_covers_all_rounds_and_epochs() -> None:
     assert final <= 8.0
 
 
-def _job(sites: Path, cfg: ExperimentConfig) -> SiteJob:
-    site = site_settings({"data-path": str(sites / "site-a")}, None)
+def _job(sites: Path, cfg: ExperimentConfig, state: Path, policy: PrivacyPolicy | None = None) -> SiteJob:
+    site = site_settings({"data-path": str(sites / "site-a"), "state-dir": str(state)}, None)
     arrays, _ = load_site(site.data_dir, cfg.data, cache_dir=site.cache_dir)
     model = build_model(cfg.model, num_labs=len(cfg.data.labs), note_buckets=cfg.data.note_buckets, seed=0)
-    return SiteJob(cfg, site, arrays, model, torch.device("cpu"))
+    return SiteJob(cfg, site, SiteFileConfig(privacy=policy or PrivacyPolicy(lifetime_epsilon=100.0)), arrays,
+                   model, torch.device("cpu"))
 
 
-def test_epsilon_grows_across_rounds_and_equals_a_fresh_accountant(small_sites: Path) -> None:
+def test_epsilon_grows_across_rounds_and_equals_a_fresh_accountant(small_sites: Path, tmp_path: Path) -> None:
     cfg = load_experiment(["rounds=2", "train.local_epochs=1", "train.batch_size=32"])
-    job = _job(small_sites, cfg)
-    weights, m1, state1 = train_round(job, None, 1)
-    job2 = _job(small_sites, cfg)  # Flower rebuilds the client for every message
-    _, m2, state2 = train_round(job2, DPState(state1.plan, state1.history), 2)
+    weights, m1 = train_round(_job(small_sites, cfg, tmp_path), "run-1", 1)
+    _, m2 = train_round(_job(small_sites, cfg, tmp_path), "run-1", 2)  # Flower rebuilds the client each time
     assert 0 < m1["epsilon"] < m2["epsilon"] <= cfg.privacy.target_epsilon
-    assert m2["steps"] == m1["steps"] == state1.plan.steps_per_round
+    assert m1["noise-multiplier"] == m2["noise-multiplier"] and m1["steps"] == m2["steps"] > 0
+    spends = Ledger(tmp_path / LEDGER_FILE).spends()
+    assert [(s.run_id, s.round) for s in spends] == [("run-1", 1), ("run-1", 2)]
     fresh = PRVAccountant()
-    fresh.history = [(state1.plan.noise_multiplier, state1.plan.sample_rate, m1["steps"] + m2["steps"])]
+    fresh.history = [(m1["noise-multiplier"], spends[0].sample_rate, m1["steps"] + m2["steps"])]
     assert m2["epsilon"] == pytest.approx(fresh.get_epsilon(delta=cfg.privacy.target_delta), rel=1e-9)
-    assert state2.history == (MechanismUse(state1.plan.noise_multiplier, state1.plan.sample_rate,
-                                           m1["steps"] + m2["steps"]),)
-    assert set(weights) == set(state_to_numpy(job.model))
+    assert spends[1].run_epsilon == m2["epsilon"]
 
 
 def _text_heavy_batch(cfg: ExperimentConfig, n: int) -> ClinicalBatch:

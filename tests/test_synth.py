@@ -258,8 +258,8 @@ def test_modalities_restrict_whole_sites(tmp_path: pathlib.Path) -> None:
     full = write_hospitals(tmp_path / "full", sites=3, patients=40, seed=2, image_size=16)
     dirs = write_hospitals(tmp_path / "some", sites=3, patients=40, seed=2, image_size=16,
                            modalities={1: {"labs"}, 2: ["image"]})
-    assert sorted(p.name for p in dirs[1].iterdir()) == ["labels.csv", "labs.csv"]
-    assert sorted(p.name for p in dirs[2].iterdir()) == ["images", "labels.csv", "manifest.csv"]
+    assert sorted(p.name for p in dirs[1].iterdir()) == ["labels.csv", "labs.csv", "site.yaml"]
+    assert sorted(p.name for p in dirs[2].iterdir()) == ["images", "labels.csv", "manifest.csv", "site.yaml"]
     ids_b, ids_c = (set(read(d, "labels.csv")["patient_id"]) for d in dirs[1:])
     assert set(read(dirs[1], "labs.csv")["patient_id"]) == ids_b
     assert set(read(dirs[2], "manifest.csv")["patient_id"]) == ids_c
@@ -284,3 +284,10 @@ def test_bad_modalities(tmp_path: pathlib.Path, modalities: dict[object, object]
     with pytest.raises(ValueError):
         write_hospitals(tmp_path, sites=3, patients=10, seed=0, image_size=16, modalities=modalities)
     assert not any(tmp_path.iterdir())
+
+
+def test_every_synthetic_site_owns_a_privacy_policy(tmp_path: pathlib.Path) -> None:
+    import yaml
+    for site in write_hospitals(tmp_path, sites=2, patients=12, seed=9, image_size=16):
+        policy = yaml.safe_load((site / "site.yaml").read_text())["privacy"]
+        assert policy["dataset_id"] == f"synthetic-{site.name}" and policy["lifetime_epsilon"] > 0

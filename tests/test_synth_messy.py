@@ -177,7 +177,8 @@ def test_site_yaml(messy: list[pathlib.Path]) -> None:
     for site in messy:
         raw = (site / "site.yaml").read_text(encoding="utf-8")
         assert raw.startswith("# Site-owned configuration (written by site IT, never sent by the coordinator)\n")
-        assert yaml.safe_load(raw) == {"lab_codes": SITE_YAML[site.name]}
+        parsed = yaml.safe_load(raw)
+        assert parsed["lab_codes"] == SITE_YAML[site.name] and set(parsed) == {"lab_codes", "privacy"}
         labs = labs_of(site)
         local = SITE_YAML[site.name][0]["code"]
         share = (labs["code"] == local).sum() / labs["code"].isin([local, SITE_YAML[site.name][0]["feature"]]).sum()
@@ -221,7 +222,7 @@ def canonical_latest(site: pathlib.Path, window_h: float | None) -> pd.Series:
     labs = labs_of(site)
     conv = {code: dict(units) for code, units in CONVERSIONS.items()}
     if (site / "site.yaml").exists():
-        for entry in yaml.safe_load((site / "site.yaml").read_text())["lab_codes"]:
+        for entry in yaml.safe_load((site / "site.yaml").read_text()).get("lab_codes", []):
             labs.loc[labs["code"] == entry["code"], "code"] = entry["feature"]
             conv[entry["feature"]].update(entry.get("conversions", {}))
     factor = [conv.get(c, {}).get(u, np.nan) for c, u in zip(labs["code"], labs["unit"])]
@@ -283,7 +284,7 @@ def test_messy_with_modalities_and_tiny_sites(tmp_path: pathlib.Path) -> None:
     dirs = write_hospitals(tmp_path, sites=3, patients=10, seed=1, image_size=16, messy=True,
                            modalities={1: {"labs"}, 2: {"image"}})
     assert sorted(p.name for p in dirs[1].iterdir()) == ["labels.csv", "labs.parquet", "site.yaml"]
-    assert sorted(p.name for p in dirs[2].iterdir()) == ["images", "labels.csv", "manifest.csv"]
+    assert sorted(p.name for p in dirs[2].iterdir()) == ["images", "labels.csv", "manifest.csv", "site.yaml"]
     assert (dirs[0] / "notes.csv").exists()
     for site in dirs:
         assert len(text(site / "labels.csv")) == 10

@@ -1,0 +1,84 @@
+"""`fedclinic privacy plan | report`: the privacy officer's console."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Register `privacy plan` and `privacy report` under the main parser."""
+    privacy = sub.add_parser("privacy", help="privacy officer console").add_subparsers(
+        dest="privacy_command", required=True)
+    plan = privacy.add_parser("plan", help="noise for a target ε, or ε for a noise multiplier, per round")
+    plan.add_argument("--dataset-size", type=int, required=True, help="training records at the site")
+    plan.add_argument("--batch-size", type=int, default=128, help="expected Poisson batch size")
+    plan.add_argument("--local-epochs", type=int, default=2)
+    plan.add_argument("--rounds", type=int, default=5)
+    plan.add_argument("--delta", type=float, default=1e-5)
+    plan.add_argument("--accountant", choices=("prv", "rdp"), default="prv")
+    goal = plan.add_mutually_exclusive_group(required=True)
+    goal.add_argument("--target-epsilon", type=float)
+    goal.add_argument("--sigma", type=float, help="noise multiplier")
+    plan.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    report = privacy.add_parser("report", help="what a site's privacy ledger says was spent")
+    report.add_argument("ledger", type=Path, help="the site's privacy-ledger.jsonl")
+    report.add_argument("--plot", type=Path, help="write an HTML page with ε over rounds against the cap")
+    report.add_argument("--json", action="store_true", help="print JSON instead of tables")
+
+
+def run(args: argparse.Namespace, console: Console) -> int:
+    return _plan(args, console) if args.privacy_command == "plan" else _report(args, console)
+
+
+def _plan(args: argparse.Namespace, console: Console) -> int:
+    from privacy.guarantee import GUARANTEE
+    from privacy.plan_table import make_plan, plan_json
+    p = make_plan(dataset_size=args.dataset_size, batch_size=args.batch_size, local_epochs=args.local_epochs,
+                  rounds=args.rounds, delta=args.delta, accountant=args.accountant,
+                  target_epsilon=args.target_epsilon, sigma=args.sigma)
+    if args.json:
+        print(json.dumps({**plan_json(p), "guarantee": GUARANTEE}, indent=2))
+        return 0
+    console.print(f"noise multiplier σ = {p.noise_multiplier:.4f}; sample rate q = {p.sample_rate:.5f} "
+                  f"(1/{round(1 / p.sample_rate)}); {p.steps_per_round} steps per round; δ = {p.delta:g}; "
+                  f"accountant {p.accountant}", soft_wrap=True)
+    table = Table(title="ε after each round")
+    for name in ("round", "steps", "ε"):
+        table.add_column(name, justify="right")
+    for r in p.rounds:
+        table.add_row(str(r.round), str(r.steps), f"{r.epsilon:.3f}")
+    console.print(table)
+    console.print(f"guarantee: {GUARANTEE}", soft_wrap=True)
+    return 0
+
+
+def _report(args: argparse.Namespace, console: Console) -> int:
+    from privacy.guarantee import GUARANTEE
+    from privacy.ledger import Ledger
+    from privacy.ledger_report import report_html, report_json, summarise
+    if not args.ledger.is_file():
+        raise ValueError(f"{args.ledger}: no such ledger (a site keeps it in its state folder)")
+    datasets = summarise(Ledger(args.ledger).spends())
+    if args.json:
+        print(json.dumps(report_json(datasets, GUARANTEE), indent=2))
+    for d in [] if args.json else datasets:
+        console.print(f"[bold]dataset {d.dataset}[/bold]: lifetime ε {d.lifetime_epsilon:.3f} of {d.cap:g} "
+                      f"(δ {d.lifetime_delta:g}), remaining {d.remaining:.3f}", soft_wrap=True)
+        table = Table()
+        for name in ("run", "round", "σ", "q", "steps", "run ε", "lifetime ε", "recorded"):
+            table.add_column(name, justify="right")
+        for s in d.spends:
+            table.add_row(s.run_id, str(s.round), f"{s.noise_multiplier:.3f}", f"{s.sample_rate:.4f}", str(s.steps),
+                          f"{s.run_epsilon:.3f}", f"{s.lifetime_epsilon:.3f}", s.recorded_at)
+        console.print(table)
+    if args.plot:
+        args.plot.write_text(report_html(datasets, GUARANTEE), encoding="utf-8")
+        console.print(f"plot written to {args.plot.resolve()}", soft_wrap=True, highlight=False)
+    if not args.json:
+        console.print(f"guarantee: {GUARANTEE}", soft_wrap=True)
+    return 0

@@ -1,0 +1,27 @@
+"""The privacy block of a synthetic site's site.yaml (the site-owned policy)."""
+
+from __future__ import annotations
+
+import pathlib
+
+HEADER = "# Site-owned configuration (written by site IT, never sent by the coordinator)"
+
+
+def policy_yaml(site: str) -> str:
+    """A generous lifetime budget: synthetic data has no patients, and demos are rerun."""
+    return "\n".join([
+        "privacy:                      # the site's promise per dataset; the coordinator cannot loosen it",
+        f"  dataset_id: synthetic-{site}",
+        "  lifetime_epsilon: 50.0      # over every run on this dataset (a real site sets far less)",
+        "  lifetime_delta: 1.0e-5",
+        "  run_epsilon: null           # per-run ceiling; null = the coordinator's target",
+        "  min_noise_multiplier: 0.5",
+        "  max_grad_norm: 10.0",
+    ]) + "\n"
+
+
+def add_policy(site_dir: pathlib.Path) -> None:
+    """Append the privacy block to site.yaml, creating the file if the site has none yet."""
+    path = site_dir / "site.yaml"
+    existing = path.read_text(encoding="utf-8") if path.exists() else HEADER + "\n"
+    path.write_text(existing + policy_yaml(site_dir.name), encoding="utf-8")

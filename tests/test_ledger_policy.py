@@ -1,0 +1,138 @@
+"""The site keeps its promise: an append-only crash-safe ledger and a policy that only tightens."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from client.site_round import train_round
+from configs.load import load_experiment
+from configs.schema import PrivacyConfig, PrivacyPolicy
+from privacy.accountant import MechanismUse, epsilon_spent
+from privacy.decline import LEDGER_UNREADABLE, LIFETIME_BUDGET, RUN_BUDGET, RoundDeclined
+from privacy.ledger import LEDGER_FILE, Ledger, LedgerError, Spend
+from privacy.policy import admit, tighten
+from test_privacy import _job
+
+WRITER = """
+import sys
+from pathlib import Path
+from privacy.ledger import Ledger, Spend
+ledger = Ledger(Path(sys.argv[1]))
+i = len(ledger.spends())
+while True:
+    with ledger.locked():
+        ledger.append(Spend("ds", "run", i, 1.0, 0.01, 100, 1e-5, 0.1 * i, 0.1 * i, 1e-5, 10.0, "prv", "t" * 2000))
+    i += 1
+"""
+
+
+def spend(i: int, dataset: str = "ds", run: str = "r1") -> Spend:
+    return Spend(dataset, run, i, 1.0, 0.05, 20, 1e-5, 1.0, 1.0, 1e-5, 10.0, "prv", "2026-11-23T00:00:00+00:00")
+
+
+def test_ledger_is_human_readable_append_only_and_survives_restarts(tmp_path: Path) -> None:
+    path = tmp_path / LEDGER_FILE
+    first = Ledger(path)
+    with first.locked():
+        first.append(spend(1))
+        first.append(spend(2, run="r2"))
+    lines = path.read_text().splitlines()
+    assert [json.loads(line)["round"] for line in lines] == [1, 2]
+    again = Ledger(path)  # a restarted site
+    assert again.spends() == [spend(1), spend(2, run="r2")]
+    assert again.history("ds") == [MechanismUse(1.0, 0.05, 20)] * 2 and again.history("ds", "r2") == [
+        MechanismUse(1.0, 0.05, 20)]
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+
+
+def test_killing_a_writer_at_any_instant_never_lowers_the_recorded_spend(tmp_path: Path) -> None:
+    path = tmp_path / LEDGER_FILE
+    seen = 0
+    rng = random.Random(4)
+    for _ in range(12):
+        writer = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], cwd=Path(__file__).parent.parent)
+        started = len(Ledger(path).spends()) if path.exists() else 0
+        while writer.poll() is None and (len(Ledger(path).spends()) if path.exists() else 0) == started:
+            time.sleep(0.01)  # wait for its first write, then kill at a random instant
+        time.sleep(rng.uniform(0.0, 0.3))
+        os.kill(writer.pid, signal.SIGKILL)
+        writer.wait()
+        spends = Ledger(path).spends()  # parses: never a torn file
+        assert len(spends) >= seen and [s.round for s in spends] == list(range(len(spends)))
+        seen = len(spends)
+    assert seen > 12  # the writers did get work done between kills
+
+
+def test_an_unreadable_ledger_is_an_error_not_an_empty_budget(tmp_path: Path) -> None:
+    path = tmp_path / LEDGER_FILE
+    path.write_text('{"dataset": "ds", "run_id": "r1"')
+    with pytest.raises(LedgerError, match="restore it from backup"):
+        Ledger(path).spends()
+
+
+@pytest.mark.parametrize(("requested", "policy", "expected"), [
+    ((8.0, 1e-5, 1.0), PrivacyPolicy(), (8.0, 1e-5, 1.0)),
+    ((8.0, 1e-5, 1.0), PrivacyPolicy(run_epsilon=3.0), (3.0, 1e-5, 1.0)),
+    ((8.0, 1e-3, 4.0), PrivacyPolicy(lifetime_delta=1e-6, max_grad_norm=2.0), (8.0, 1e-6, 2.0)),
+    ((2.0, 1e-6, 0.5), PrivacyPolicy(run_epsilon=5.0, lifetime_delta=1e-5, max_grad_norm=2.0), (2.0, 1e-6, 0.5)),
+    ((80.0, 1e-5, 1.0), PrivacyPolicy(lifetime_epsilon=10.0), (10.0, 1e-5, 1.0)),
+])
+def test_the_policy_only_ever_tightens_the_request(requested: tuple[float, float, float], policy: PrivacyPolicy,
+                                                   expected: tuple[float, float, float]) -> None:
+    eps, delta, norm = requested
+    terms = tighten(PrivacyConfig(eps, delta, norm, "prv", "hooks"), policy)
+    assert (terms.run_epsilon, terms.delta, terms.max_grad_norm) == expected
+    assert terms.run_epsilon <= eps and terms.delta <= delta and terms.max_grad_norm <= norm
+
+
+def test_admission_projects_the_round_and_declines_with_the_reason() -> None:
+    use = MechanismUse(1.0, 0.05, 30)  # ε ≈ 2.3 alone, ≈ 3.8 four times, ≈ 4.9 seven times
+    policy = PrivacyPolicy(lifetime_epsilon=4.0)
+    terms = tighten(PrivacyConfig(3.0, 1e-5, 1.0, "prv", "hooks"), policy)
+    first = admit(use, run=[], lifetime=[], terms=terms, policy=policy)
+    assert first.run_epsilon == pytest.approx(epsilon_spent([use], 1e-5, "prv"))
+    with pytest.raises(RoundDeclined) as run_cap:
+        admit(use, run=[use] * 3, lifetime=[use] * 3, terms=terms, policy=PrivacyPolicy(lifetime_epsilon=100))
+    assert run_cap.value.code == RUN_BUDGET
+    with pytest.raises(RoundDeclined) as life_cap:
+        admit(use, run=[], lifetime=[use] * 6, terms=terms, policy=policy)
+    assert life_cap.value.code == LIFETIME_BUDGET
+
+
+def test_budget_composes_across_runs_and_the_site_declines_rather_than_overspend(small_sites: Path,
+                                                                                  tmp_path: Path) -> None:
+    cfg = load_experiment(["rounds=4", "train.local_epochs=1", "train.batch_size=32", "privacy.target_epsilon=3"])
+    policy = PrivacyPolicy(lifetime_epsilon=4.0)  # run 1 spends 3.0 of it; run 2 cannot finish
+    ledger = Ledger(tmp_path / LEDGER_FILE)
+    run1 = [train_round(_job(small_sites, cfg, tmp_path, policy), "run-1", r)[1] for r in (1, 2, 3, 4)]
+    assert run1[-1]["epsilon"] <= 3.0 and run1[-1]["lifetime-epsilon"] == pytest.approx(run1[-1]["epsilon"])
+    _, second = train_round(_job(small_sites, cfg, tmp_path, policy), "run-2", 1)
+    assert second["lifetime-epsilon"] > run1[-1]["lifetime-epsilon"] > second["epsilon"]  # starts from run 1
+    declined = []
+    for r in (2, 3, 4):
+        before = ledger.path.read_bytes()
+        try:
+            train_round(_job(small_sites, cfg, tmp_path, policy), "run-2", r)
+        except RoundDeclined as exc:
+            declined.append((r, exc.code))
+            assert ledger.path.read_bytes() == before  # a declined round spends nothing
+    assert declined and {code for _, code in declined} == {LIFETIME_BUDGET}
+    assert max(s.lifetime_epsilon for s in ledger.spends()) <= policy.lifetime_epsilon
+
+
+def test_a_damaged_ledger_makes_the_site_decline_instead_of_training(small_sites: Path, tmp_path: Path) -> None:
+    (tmp_path / LEDGER_FILE).write_text("not json\n")
+    cfg = load_experiment(["rounds=2", "train.local_epochs=1"])
+    with pytest.raises(RoundDeclined) as declined:
+        train_round(_job(small_sites, cfg, tmp_path), "run-1", 1)
+    assert declined.value.code == LEDGER_UNREADABLE
