@@ -41,6 +41,11 @@ def render(r: Readiness, console: Console) -> None:
                   f"train/validation: {r.train_patients}/{r.validation_patients}")
     console.print("coverage: " + ", ".join(f"{k} {v}/{rep.patients}" for k, v in rep.coverage.items()))
     console.print("files: " + ", ".join(f"{k}: {v or 'absent'}" for k, v in rep.tables.items()))
+    if r.privacy:
+        p = r.privacy
+        console.print(f"privacy: dataset {p['dataset']} ({p['policy']} policy): lifetime ε "
+                      f"{p['lifetime_epsilon_spent']:.3f} spent of {p['lifetime_epsilon_cap']:g}, "
+                      f"remaining {p['remaining']:.3f} over {p['rounds_recorded']} recorded rounds", soft_wrap=True)
     for attr, title in SECTIONS:
         counts = getattr(rep, attr)
         if counts:

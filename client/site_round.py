@@ -82,7 +82,7 @@ def train_round(job: SiteJob, run_id: str, server_round: int) -> tuple[dict[str,
 
     Raises RoundDeclined when the round would overspend; the ledger is then unchanged.
     """
-    cfg, data, policy = job.cfg, split_dataset(job.arrays, validation=False), job.site_file.privacy
+    cfg, data, policy = job.cfg, split_dataset(job.arrays, validation=False), job.site_file.policy
     terms = tighten(cfg.privacy, policy)
     dataset = policy.dataset_id or job.site.name
     ledger = Ledger(job.site.state_dir / LEDGER_FILE)

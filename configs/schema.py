@@ -140,4 +140,9 @@ class SiteFileConfig:
     """site.yaml: configuration the site owns; the coordinator never sends or sees it."""
 
     lab_codes: tuple[LocalLabCode, ...] = ()
-    privacy: PrivacyPolicy = field(default_factory=PrivacyPolicy)
+    privacy: PrivacyPolicy | None = None  # None: no policy written; the built-in PrivacyPolicy() applies
+
+    @property
+    def policy(self) -> PrivacyPolicy:
+        """The policy in force: the site's own, else the conservative built-in default."""
+        return self.privacy or PrivacyPolicy()

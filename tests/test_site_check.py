@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from bad_inputs import CORPUS
 
@@ -59,3 +60,24 @@ def test_labels_but_no_usable_modality_cannot_train(tmp_path: Path) -> None:
     (site / "notes.csv").write_text("patient_id,text\nP1,\nP2,   \n")
     done = site_check(site, "--state-dir", str(tmp_path / "state"))
     assert done.returncode == 1 and "no labelled patient has a usable image, lab result or note" in done.stdout
+
+
+def test_the_report_shows_the_privacy_account_and_refuses_with_a_damaged_ledger(small_sites: Path,
+                                                                                 tmp_path: Path) -> None:
+    from privacy.ledger import LEDGER_FILE, Ledger, Spend
+    site, state = tmp_path / "site-c", tmp_path / "state"
+    shutil.copytree(small_sites / "site-c", site)
+    (site / "site.yaml").unlink()  # no policy written: the built-in default applies, with a warning
+    ledger = Ledger(state / LEDGER_FILE)
+    with ledger.locked():
+        ledger.append(Spend("site-c", "run-1", 1, 1.0, 0.05, 100, 1e-5, 3.5, 3.5, 1e-5, 10.0, "prv", "t"))
+    done = site_check(site, "--state-dir", str(state), "--json", str(tmp_path / "r.json"))
+    assert done.returncode == 0 and "built-in default" in done.stdout
+    privacy = json.loads((tmp_path / "r.json").read_text())["privacy"]
+    assert privacy["dataset"] == "site-c" and privacy["rounds_recorded"] == 1
+    assert 3.4 < privacy["lifetime_epsilon_spent"] < 3.6 and privacy["remaining"] == pytest.approx(
+        10.0 - privacy["lifetime_epsilon_spent"])
+    (state / LEDGER_FILE).write_text("garbage\n")
+    broken = site_check(site, "--state-dir", str(state))
+    assert broken.returncode == 1 and "restore it from backup" in broken.stdout
+    assert str(state) not in json.loads((state / "readiness.json").read_text())["reason"]
