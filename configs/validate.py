@@ -7,7 +7,7 @@ from configs.schema import ExperimentConfig
 
 OPTIMIZERS = ("adam", "sgd")
 ACCOUNTANTS = ("prv", "rdp")
-GRAD_SAMPLE_MODES = ("hooks", "ghost")
+GRAD_SAMPLE_MODES = ("hooks", "ghost", "ew")
 STRATEGIES = ("fedavg",)
 DEVICES = ("auto", "cpu", "cuda")
 FRAME_POLICIES = ("middle", "first", "mean")

@@ -5,7 +5,10 @@ Two per-sample clipping modes (`DPSettings.grad_sample_mode`):
 - "ghost": fast gradient clipping. The first backward pass computes per-sample gradient norms
   (Linear and Embedding without building per-sample gradients), the second back-propagates the
   loss reweighted by the clip factors, so only the clipped sum is ever built.
-Both use `PrivateTraining.step`, the same code for either mode.
+- "ew": Opacus' expanded-weights mode (torch.nn.utils._per_sample_grad): per-sample gradients
+  like "hooks", computed by torch's ExpandedWeights autograd functions instead of module hooks.
+  It needs a tensor first argument for the batch size, so the model is wrapped in `_BatchSized`.
+All use `PrivateTraining.step`, the same code for every mode.
 """
 
 from __future__ import annotations
@@ -27,7 +30,20 @@ from privacy.accountant import MechanismUse, merge
 
 GHOST = "ghost"
 HOOKS = "hooks"
-SUPPORTED_MODES = (HOOKS, GHOST)
+EW = "ew"
+SUPPORTED_MODES = (HOOKS, GHOST, EW)
+
+
+class _BatchSized(nn.Module):
+    """`forward(target, inputs) = module(inputs)`: Opacus' "ew" wrapper reads the batch size from
+    its first argument's `.shape[0]`, which a ClinicalBatch (a NamedTuple) has not; the target has."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, target: torch.Tensor, inputs: Any) -> Any:
+        return self.module(inputs)
 
 
 @dataclass(frozen=True)
@@ -60,6 +76,8 @@ class PrivateTraining:
         """The criterion's batch mean on the wrapped model: a Tensor (hooks) or a
         DPTensorFastGradientClipping (ghost); both support `.backward()`, `.detach()`, `.item()`.
         The batch must not be empty (an empty mean is NaN); `step` handles empty batches."""
+        if self.grad_sample_mode == EW:
+            return self.criterion(self.model(target, inputs), target)
         return self.criterion(self.model(inputs), target)
 
     def step(self, inputs: Any, target: torch.Tensor) -> float | None:
@@ -84,7 +102,8 @@ class PrivateTraining:
     def _zero_clipped_sum(self) -> None:
         """Give the optimizer what a 0-sample backward pass would have left, without running one.
 
-        hooks: DPOptimizer clips `p.grad_sample` ([0, *shape]: no sample -> zero sum).
+        hooks, ew: DPOptimizer clips `p.grad_sample` ([0, *shape]: no sample -> zero sum); a real
+        empty forward crashes "ew" (ExpandedWeights needs batch size > 0).
         ghost: DPOptimizerFastGradientClipping takes `p.grad` as the clipped sum. A real
         forward/backward of an empty batch crashes Opacus' nn.Embedding ghost norm sampler.
         """
@@ -127,6 +146,8 @@ def make_private(model: nn.Module, optimizer: Optimizer, loader: DataLoader, *,
         "DP noise comes from torch's default RNG: Opacus secure_mode needs torchcsprng, "
         "which has no release for torch 2.x")
     engine.accountant.history = [(h.noise_multiplier, h.sample_rate, h.steps) for h in prior]
+    if mode == EW:
+        model = _BatchSized(model)  # shares the parameters: the caller's model is still trained
     wrapped = engine.make_private(
         module=model, optimizer=optimizer, data_loader=loader, criterion=criterion,
         noise_multiplier=settings.noise_multiplier, max_grad_norm=settings.max_grad_norm,

@@ -1,5 +1,6 @@
 """DP-SGD correctness of every supported grad_sample_mode on the real fused model: clipping bound,
-exact per-sample gradients (ghost), hooks == ghost, and noisy steps on empty Poisson batches."""
+exact per-sample gradients (every mode), all modes take the same step, and noisy steps on empty
+Poisson batches."""
 
 from __future__ import annotations
 
@@ -75,7 +76,8 @@ def _loop_gradients(cfg: ExperimentConfig, batch: ClinicalBatch) -> torch.Tensor
 
 
 def test_supported_modes_are_the_configurable_ones() -> None:
-    assert set(GRAD_SAMPLE_MODES) == set(SUPPORTED_MODES) == {"hooks", "ghost"}
+    assert set(GRAD_SAMPLE_MODES) == set(SUPPORTED_MODES) == {"hooks", "ghost", "ew"}
+    assert load_experiment(["privacy.grad_sample_mode=ew"]).privacy.grad_sample_mode == "ew"
     assert load_experiment(["privacy.grad_sample_mode=ghost"]).privacy.grad_sample_mode == "ghost"
     with pytest.raises(ConfigError, match="privacy.grad_sample_mode"):
         load_experiment(["privacy.grad_sample_mode=functorch"])
@@ -110,34 +112,51 @@ def test_ghost_per_sample_norms_are_the_true_ones(experiment: ExperimentConfig) 
     assert rel < 1e-4, float(rel)
 
 
-def test_ghost_unclipped_single_sample_update_is_the_true_gradient(experiment: ExperimentConfig) -> None:
+@pytest.mark.filterwarnings("ignore:Full backward hook is firing")
+@pytest.mark.parametrize("mode", [m for m in MODES if m != "ghost"])
+def test_per_sample_gradients_are_the_true_ones(experiment: ExperimentConfig, mode: str) -> None:
+    """hooks/ew: Opacus' per-sample gradients of a batch with repeated token ids == a loop."""
+    batch = _batch(experiment)
+    true = _loop_gradients(experiment, batch)
+    model = _model(experiment)
+    private = _private(model, batch, batch_size=len(batch.label), mode=mode, sigma=0.0, clip=1e6)
+    private.loss(batch, batch.label).backward()
+    # loss_reduction="mean": Opacus stores the batch-size-scaled gradients = the per-sample ones
+    per_sample = torch.cat([p.grad_sample.reshape(len(batch.label), -1) for p in model.parameters()], dim=1)
+    rel = ((per_sample - true).norm(dim=1) / true.norm(dim=1)).max()
+    assert rel < 1e-4, (mode, float(rel))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_unclipped_single_sample_update_is_the_true_gradient(experiment: ExperimentConfig, mode: str) -> None:
     batch = _batch(experiment)
     true = _loop_gradients(experiment, batch)
     for i in range(len(batch.label)):
         one = _rows(batch, slice(i, i + 1))
         model = _model(experiment)
         before = _flat(model)
-        private = _private(model, one, batch_size=1, mode="ghost", sigma=0.0, clip=1e6)
+        private = _private(model, one, batch_size=1, mode=mode, sigma=0.0, clip=1e6)
         private.step(one, one.label)
         update = before - _flat(model)
         rel = (update - true[i]).norm() / true[i].norm()
-        assert rel < 1e-4, (i, float(rel))
+        assert rel < 1e-4, (mode, i, float(rel))
 
 
-def test_hooks_and_ghost_take_the_same_clipped_step(experiment: ExperimentConfig) -> None:
+def test_every_mode_takes_the_same_clipped_step(experiment: ExperimentConfig) -> None:
     batch = _batch(experiment)
     norms = _loop_gradients(experiment, batch).norm(dim=1)
     clip = float(norms.median())
     assert bool((norms > clip).any() and (norms < clip).any())  # some clip, some do not
     updates = {}
-    for mode in ("hooks", "ghost"):
+    for mode in MODES:
         model = _model(experiment)
         before = _flat(model)
         private = _private(model, batch, batch_size=len(batch.label), mode=mode, sigma=0.0, clip=clip)
         private.step(batch, batch.label)
         updates[mode] = before - _flat(model)
-    diff = (updates["hooks"] - updates["ghost"]).norm() / updates["hooks"].norm()
-    assert diff < 1e-5, float(diff)
+    for mode in MODES:
+        diff = (updates[mode] - updates["ghost"]).norm() / updates["ghost"].norm()
+        assert diff < 1e-5, (mode, float(diff))
     # and both equal the clipped mean computed by hand (expected batch size 8)
     true = _loop_gradients(experiment, batch)
     by_hand = (true * (clip / (norms + 1e-6)).clamp(max=1.0)[:, None]).sum(0) / len(batch.label)
