@@ -185,7 +185,7 @@ def run_memory(name: str, args: argparse.Namespace) -> dict[str, float]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def main() -> None:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1)")
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
@@ -195,38 +195,12 @@ def main() -> None:
     ap.add_argument("--mem-steps", type=int, default=3, help="steps measured by each memory subprocess")
     ap.add_argument("--modes", default=",".join(GRAD_SAMPLE_MODES), help="comma-separated DP modes")
     ap.add_argument("--memory-probe", default=None, help=argparse.SUPPRESS)
-    args = ap.parse_args()
+    return ap
 
-    if args.memory_probe is not None:
-        print(json.dumps(memory_probe(args.memory_probe, args)))
-        return
 
-    print("$ python " + shlex.join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]))
-    if args.device == "cuda" and not torch.cuda.is_available():
-        print("CUDA is not available on this machine: skipping the --device cuda benchmark.")
-        return
-    torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    modes = [m for m in args.modes.split(",") if m]
-    unknown = sorted(set(modes) - set(GRAD_SAMPLE_MODES))
-    if unknown:
-        ap.error(f"unsupported modes {unknown}; supported: {GRAD_SAMPLE_MODES}")
-    names = [NON_DP, *modes]
-
-    cfg = load_experiment([])
-    n = BATCHES_PER_EPOCH * cfg.train.batch_size
-    data = synthetic_dataset(cfg, n, seed=0)
-    batches = poisson_batches(cfg, data, args.warmup + args.reps * args.steps, device, seed=1)
-    runners = {name: Runner(name, cfg, data, device) for name in names}
-    print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}; default config: "
-          f"image {cfg.data.image_size}x{cfg.data.image_size}, {len(cfg.data.labs)} labs, "
-          f"{cfg.data.note_buckets} note buckets x dim {cfg.model.note_dim}, {cfg.data.note_max_tokens} tokens; "
-          f"{runners[NON_DP].num_params} params")
-    print(f"Poisson: N={n}, q=1/{BATCHES_PER_EPOCH}, expected batch {cfg.train.batch_size}; sigma={SIGMA}, "
-          f"C={CLIP}; SGD lr {cfg.train.lr} momentum {cfg.train.momentum}; {args.reps} reps x {args.steps} "
-          f"steps (+{args.warmup} warm-up) per configuration; mean batch "
-          f"{statistics.mean(len(b.label) for b in batches):.1f}")
-
+def _measure(names: list[str], runners: dict[str, Runner], batches: list, args: argparse.Namespace,
+             device: torch.device) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Samples/s (CPU and wall) per configuration and repetition, on the same batches, order rotated."""
     for name in names:
         for b in batches[:args.warmup]:
             runners[name].step(b)
@@ -241,46 +215,45 @@ def main() -> None:
     for runner in runners.values():
         if runner.private is not None:
             runner.private.close()
+    return cpu_sps, wall_sps
 
-    memory = {name: run_memory(name, args) for name in names}
-    mem_key = "cuda_peak_mib" if device.type == "cuda" else "rss_growth_mib"
-    reset_all = all(m["peak_reset"] for m in memory.values())
-    reset_txt = ("high-water mark reset to the current RSS first" if reset_all
+
+def _ratios(sps: dict[str, list[float]], name: str) -> list[float]:
+    return [a / b for a, b in zip(sps[name], sps[NON_DP])]
+
+
+def _memory_label(memory: dict[str, dict], device: torch.device, args: argparse.Namespace) -> str:
+    reset_txt = ("high-water mark reset to the current RSS first" if all(m["peak_reset"] for m in memory.values())
                  else "NO high-water reset: growth over the setup peak")
-    mem_label = ("CUDA max_memory_allocated growth over the first steps" if device.type == "cuda"
-                 else f"peak RSS growth of the first {args.mem_steps} steps in a fresh subprocess per mode, "
-                      f"VmHWM (= ru_maxrss of this address space) after minus before ({reset_txt})")
-    primary = wall_sps if device.type == "cuda" else cpu_sps
-    clock = "wall" if device.type == "cuda" else "CPU"
+    if device.type == "cuda":
+        return "CUDA max_memory_allocated growth over the first steps"
+    return (f"peak RSS growth of the first {args.mem_steps} steps in a fresh subprocess per mode, "
+            f"VmHWM (= ru_maxrss of this address space) after minus before ({reset_txt})")
 
-    def ratios(sps: dict[str, list[float]], name: str) -> list[float]:
-        return [a / b for a, b in zip(sps[name], sps[NON_DP])]
 
-    print()
-    print(f"Throughput: median over {args.reps} reps; ratio = median of paired per-rep DP/non-DP ratios "
-          f"({clock} time primary). Memory: {mem_label}.")
+def _table(names: list[str], primary: dict[str, list[float]], wall_sps: dict[str, list[float]],
+           memory: dict[str, dict], mem_key: str, clock: str) -> list[tuple[str, float, float]]:
+    """Print the side-by-side table; return (mode, speed ratio, memory ratio) per DP mode."""
     header = (f"| mode | samples/s ({clock}) | DP/non-DP ({clock}) | per-rep ratios | samples/s (wall) "
               f"| DP/non-DP (wall) | peak mem growth MiB | mem vs non-DP | RSS before -> peak MiB |")
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
-    base_mem = memory[NON_DP][mem_key]
-    verdicts = []
+    base_mem, verdicts = memory[NON_DP][mem_key], []
     for name in names:
-        sps, wsps = statistics.median(primary[name]), statistics.median(wall_sps[name])
-        mem = memory[name][mem_key]
-        if name == NON_DP:
-            r_txt, per_rep, w_txt, m_txt = "1.00", "-", "1.00", "1.00"
-        else:
-            rs = ratios(primary, name)
-            r_med = statistics.median(rs)
+        sps, wsps, mem = statistics.median(primary[name]), statistics.median(wall_sps[name]), memory[name][mem_key]
+        r_txt, per_rep, w_txt, m_txt = "1.00", "-", "1.00", "1.00"
+        if name != NON_DP:
+            rs = _ratios(primary, name)
+            r_med, m_ratio = statistics.median(rs), (mem / base_mem if base_mem > 0 else float("inf"))
             r_txt, per_rep = f"{r_med:.2f}", " ".join(f"{x:.2f}" for x in rs)
-            w_txt = f"{statistics.median(ratios(wall_sps, name)):.2f}"
-            m_ratio = mem / base_mem if base_mem > 0 else float("inf")
-            m_txt = f"{m_ratio:.2f}"
+            w_txt, m_txt = f"{statistics.median(_ratios(wall_sps, name)):.2f}", f"{m_ratio:.2f}"
             verdicts.append((name, r_med, m_ratio))
         print(f"| {name} | {sps:.0f} | {r_txt} | {per_rep} | {wsps:.0f} | {w_txt} | {mem:.1f} | {m_txt} "
               f"| {memory[name]['rss_before_mib']:.0f} -> {memory[name]['rss_peak_mib']:.0f} |")
-    print()
+    return verdicts
+
+
+def _verdicts(verdicts: list[tuple[str, float, float]]) -> None:
     print(f"Targets: DP/non-DP throughput >= {TARGET_SPEED}x; DP peak memory <= {TARGET_MEMORY}x non-DP.")
     for name, r_med, m_ratio in verdicts:
         speed_ok, mem_ok = r_med >= TARGET_SPEED, m_ratio <= TARGET_MEMORY
@@ -288,6 +261,47 @@ def main() -> None:
               f"{'meets' if mem_ok else 'MISSES'} -> {'meets both' if speed_ok and mem_ok else 'does not meet both'}")
     fastest = max(verdicts, key=lambda v: v[1])[0] if verdicts else None
     print(f"Fastest DP mode here: {fastest}")
+
+
+def main() -> None:
+    ap = _parser()
+    args = ap.parse_args()
+    if args.memory_probe is not None:
+        print(json.dumps(memory_probe(args.memory_probe, args)))
+        return
+    print("$ python " + shlex.join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]))
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("CUDA is not available on this machine: skipping the --device cuda benchmark.")
+        return
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    modes = [m for m in args.modes.split(",") if m]
+    unknown = sorted(set(modes) - set(GRAD_SAMPLE_MODES))
+    if unknown:
+        ap.error(f"unsupported modes {unknown}; supported: {GRAD_SAMPLE_MODES}")
+    names = [NON_DP, *modes]
+    cfg = load_experiment([])
+    n = BATCHES_PER_EPOCH * cfg.train.batch_size
+    data = synthetic_dataset(cfg, n, seed=0)
+    batches = poisson_batches(cfg, data, args.warmup + args.reps * args.steps, device, seed=1)
+    runners = {name: Runner(name, cfg, data, device) for name in names}
+    print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}; default config: "
+          f"image {cfg.data.image_size}x{cfg.data.image_size}, {len(cfg.data.labs)} labs, "
+          f"{cfg.data.note_buckets} note buckets x dim {cfg.model.note_dim}, {cfg.data.note_max_tokens} tokens; "
+          f"{runners[NON_DP].num_params} params")
+    print(f"Poisson: N={n}, q=1/{BATCHES_PER_EPOCH}, expected batch {cfg.train.batch_size}; sigma={SIGMA}, "
+          f"C={CLIP}; SGD lr {cfg.train.lr} momentum {cfg.train.momentum}; {args.reps} reps x {args.steps} "
+          f"steps (+{args.warmup} warm-up) per configuration; mean batch "
+          f"{statistics.mean(len(b.label) for b in batches):.1f}")
+    cpu_sps, wall_sps = _measure(names, runners, batches, args, device)
+    memory = {name: run_memory(name, args) for name in names}
+    clock = "wall" if device.type == "cuda" else "CPU"
+    print(f"\nThroughput: median over {args.reps} reps; ratio = median of paired per-rep DP/non-DP ratios "
+          f"({clock} time primary). Memory: {_memory_label(memory, device, args)}.")
+    verdicts = _table(names, wall_sps if device.type == "cuda" else cpu_sps, wall_sps, memory,
+                      "cuda_peak_mib" if device.type == "cuda" else "rss_growth_mib", clock)
+    print()
+    _verdicts(verdicts)
 
 
 if __name__ == "__main__":

@@ -71,7 +71,7 @@ def _report(args: argparse.Namespace, console: Console) -> int:
                       f"(δ {d.lifetime_delta:g}), remaining {d.remaining:.3f}", soft_wrap=True)
         table = Table()
         for name in ("run", "round", "σ", "q", "steps", "run ε", "lifetime ε", "recorded"):
-            table.add_column(name, justify="right")
+            table.add_column(name, justify="right", overflow="fold")  # never hide audit data
         for s in d.spends:
             table.add_row(s.run_id, str(s.round), f"{s.noise_multiplier:.3f}", f"{s.sample_rate:.4f}", str(s.steps),
                           f"{s.run_epsilon:.3f}", f"{s.lifetime_epsilon:.3f}", s.recorded_at)
