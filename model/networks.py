@@ -1,8 +1,9 @@
 """Encoders for each modality and the masked fusion model.
 
 Every layer here has an exact per-sample gradient in Opacus 1.6 (Conv2d, GroupNorm, Linear,
-Embedding); there is no BatchNorm and no EmbeddingBag (its Opacus grad sampler is wrong for
-repeated token ids, which hashed clinical notes always contain).
+Embedding); there is no BatchNorm, and notes use nn.Embedding with a masked mean rather than a
+bag-of-embeddings layer (Opacus' sampler for that one is wrong for repeated token ids, which
+hashed clinical notes always contain).
 """
 
 from __future__ import annotations
