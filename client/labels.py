@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from client.site_data_errors import SiteDataError
-from client.tables import find_table, read_table
+from client.tables import MALFORMED, find_table, read_table
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,7 @@ def read_labels(site: Path) -> Labels:
                             "(0/1) for every patient, optionally with index_time")
     frame = read_table(path, ("patient_id", "label"), optional=("index_time",))
     problems: Counter[str] = Counter()
+    problems["malformed label row"] = frame.attrs.get(MALFORMED, 0)
     problems["empty patient id"] = int((frame["patient_id"] == "").sum())
     frame = frame[frame["patient_id"] != ""]
     exact_dupes = frame.duplicated(keep="first")

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
-from client.tables import find_table, read_table
+from client.site_data_errors import SiteDataError
+from client.tables import MALFORMED, find_table, read_table
 
 OUTSIDE = "path outside the site folder"
 MISSING = "file listed in the manifest is missing"
@@ -19,12 +20,21 @@ def safe_path(site: Path, relative: str) -> tuple[Path | None, str | None]:
             ".." in PurePosixPath(relative.replace("\\", "/")).parts:
         return None, OUTSIDE
     candidate = site / relative
+    root = site.resolve()
     try:
         resolved = candidate.resolve(strict=True)
+    except ValueError:  # e.g. a NUL byte in the path
+        return None, "invalid image path"
     except (FileNotFoundError, RuntimeError, OSError):
         return None, MISSING
-    if not resolved.is_relative_to(site.resolve()):
+    if not resolved.is_relative_to(root):
         return None, OUTSIDE
+    if resolved.is_dir():  # a series folder: every member must stay inside the site too
+        members = [m for m in resolved.iterdir() if not m.name.startswith(".")]
+        if any(not m.resolve().is_relative_to(root) for m in members):
+            return None, OUTSIDE
+    elif not resolved.is_file():
+        return None, "not a regular file (device, pipe or socket)"
     return resolved, None
 
 
@@ -34,7 +44,12 @@ def image_paths(site: Path, patients: set[str]) -> tuple[dict[str, Path], Counte
     table = find_table(site, "manifest")
     if table is None:
         return {}, problems, None
-    frame = read_table(table, ("patient_id", "image_path"))
+    try:
+        frame = read_table(table, ("patient_id", "image_path"))
+    except SiteDataError as exc:
+        problems[f"{exc} (table ignored)"] += 1
+        return {}, problems, table
+    problems["malformed manifest row"] += frame.attrs.get(MALFORMED, 0)
     chosen: dict[str, Path] = {}
     for pid, rel in zip(frame["patient_id"], frame["image_path"]):
         if pid not in patients:
@@ -48,4 +63,4 @@ def image_paths(site: Path, patients: set[str]) -> tuple[dict[str, Path], Counte
             problems[reason] += 1
         else:
             chosen[pid] = path  # type: ignore[assignment]
-    return chosen, problems, table
+    return chosen, Counter({k: v for k, v in problems.items() if v}), table

@@ -35,7 +35,7 @@ class Readiness:
     privacy: dict[str, Any] | None = None
 
 
-def _warnings(arrays: SiteArrays, report: LoadReport) -> list[str]:
+def _warnings(arrays: SiteArrays, report: LoadReport, min_validation: int) -> list[str]:
     out = []
     train = int((~arrays.is_val).sum())
     if 0 < train < MIN_TRAIN_PATIENTS:
@@ -44,6 +44,9 @@ def _warnings(arrays: SiteArrays, report: LoadReport) -> list[str]:
         out.append("the training split has a single outcome class")
     if not (arrays.is_val.any() and len(set(arrays.label[arrays.is_val].tolist())) == 2):
         out.append("the validation split lacks one outcome class: AUROC cannot be computed here")
+    if int(arrays.is_val.sum()) < min_validation:
+        out.append(f"only {int(arrays.is_val.sum())} held-out patients (< validation.min_patients "
+                   f"{min_validation}): the site will not report validation metrics")
     for name, count in report.coverage.items():
         if count == 0:
             out.append(f"no patient has a usable {name}: the site trains without it")
@@ -68,7 +71,7 @@ def privacy_status(site: SiteSettings, site_file: SiteFileConfig) -> dict[str, A
 def check_site(site: SiteSettings, data: DataConfig) -> Readiness:
     """Load the site exactly as training would (warming the cache) and judge it."""
     try:
-        site_file = read_site_file(site.site_file, data)
+        site_file = read_site_file(site.site_file, data, required=site.site_file_explicit)
         arrays, report = load_site(site.data_dir, data, cache_dir=site.cache_dir, site_file=site_file)
         privacy = privacy_status(site, site_file)
     except (SiteDataError, LedgerError) as exc:
@@ -78,8 +81,8 @@ def check_site(site: SiteSettings, data: DataConfig) -> Readiness:
     if report.usable_patients == 0:
         reason = "no labelled patient has a usable image, lab result or note"
     elif train == 0:
-        reason = "no patient falls in the training split; add patients or lower data.val_fraction"
-    warnings = _warnings(arrays, report)
+        reason = "no patient falls in the training split; add patients or lower validation.fraction in site.yaml"
+    warnings = _warnings(arrays, report, site_file.validation.min_patients)
     if site_file.privacy is None:
         warnings.append(f"no privacy policy in site.yaml: the built-in default applies (lifetime ε "
                         f"{privacy['lifetime_epsilon_cap']:g}); ask your privacy officer to set one")

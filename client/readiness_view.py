@@ -17,6 +17,7 @@ SECTIONS = (
     ("unit_conversions", "unit conversions applied (rows)"),
     ("unknown_lab_codes", "unknown lab codes (register them in site.yaml)"),
     ("note_problems", "notes not used"),
+    ("table_problems", "table files with problems"),
 )
 
 

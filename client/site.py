@@ -25,6 +25,7 @@ class SiteSettings:
     data_dir: Path
     state_dir: Path
     site_file: Path
+    site_file_explicit: bool = False  # named in the node config: it must exist
 
     @property
     def cache_dir(self) -> Path:
@@ -54,7 +55,8 @@ def site_settings(node_config: Mapping[str, object], data_root: str | None) -> S
         state = node_config.get("state-dir")
         site_file = node_config.get("site-config")
         return SiteSettings(name, data_dir, Path(str(state)).resolve() if state else _default_state(data_dir),
-                            Path(str(site_file)).resolve() if site_file else data_dir / SITE_FILE)
+                            Path(str(site_file)).resolve() if site_file else data_dir / SITE_FILE,
+                            site_file_explicit=bool(site_file))
     if "partition-id" in node_config:
         if not data_root:
             raise SiteDataError("simulation needs data.root (a folder of site folders)")

@@ -22,7 +22,7 @@ from client.manifest import image_paths
 from client.notes import note_tokens
 from client.site_data_errors import SiteDataError
 from client.split import validation_mask
-from client.tables import find_table, read_table
+from client.tables import MALFORMED, find_table, read_table
 from configs.schema import DataConfig, SiteFileConfig
 
 __all__ = ["LoadReport", "SiteArrays", "SiteDataError", "load_site", "validation_mask"]
@@ -59,6 +59,7 @@ class LoadReport:
     unit_conversions: Counter[str] = field(default_factory=Counter)
     unknown_lab_codes: Counter[str] = field(default_factory=Counter)
     note_problems: Counter[str] = field(default_factory=Counter)
+    table_problems: Counter[str] = field(default_factory=Counter)
 
 
 def _images(site: Path, ids: list[str], cfg: DataConfig, cache_dir: Path, report: LoadReport
@@ -81,9 +82,20 @@ def _images(site: Path, ids: list[str], cfg: DataConfig, cache_dir: Path, report
 
 
 def _table(site: Path, stem: str, columns: tuple[str, ...], report: LoadReport) -> pd.DataFrame:
+    """An optional table; unreadable means that modality is missing, never a stopped site."""
     path = find_table(site, stem)
     report.tables[stem] = path.name if path else None
-    return read_table(path, columns) if path else pd.DataFrame(columns=list(columns), dtype=str)
+    empty = pd.DataFrame(columns=list(columns), dtype=str)
+    if path is None:
+        return empty
+    try:
+        frame = read_table(path, columns)
+    except SiteDataError as exc:
+        report.table_problems[f"{exc} (table ignored)"] += 1
+        return empty
+    if frame.attrs.get(MALFORMED):
+        report.table_problems[f"{path.name}: malformed rows skipped"] += frame.attrs[MALFORMED]
+    return frame
 
 
 def load_site(site: Path, cfg: DataConfig, *, cache_dir: Path, site_file: SiteFileConfig | None = None
@@ -108,7 +120,8 @@ def load_site(site: Path, cfg: DataConfig, *, cache_dir: Path, site_file: SiteFi
     report.coverage = {name: int(modality[:, k].sum()) for k, name in enumerate(MODALITIES)}
     usable = modality.any(axis=1)
     report.usable_patients = int(usable.sum())
-    is_val = validation_mask(ids, cfg.val_fraction, cfg.split_seed)
+    split = (site_file or SiteFileConfig()).validation
+    is_val = validation_mask(ids, split.fraction, split.seed)
     arrays = SiteArrays(image[usable], labs[usable], lab_mask[usable], tokens[usable], modality[usable],
                         labels.label[usable], is_val[usable])
     return arrays, report

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+import logging
 from datetime import datetime, timezone
 
 import numpy as np
@@ -24,11 +25,14 @@ from configs.schema import ExperimentConfig, SiteFileConfig
 from model.exchange import load_numpy_state, state_to_numpy
 from model.networks import FusionModel, build_model
 from privacy.accountant import MechanismUse, epsilon_spent
-from privacy.decline import LEDGER_UNREADABLE, RoundDeclined
+from privacy.decline import EVAL_TOO_SMALL, LEDGER_UNREADABLE, RoundDeclined
 from privacy.engine import DPSettings
 from privacy.ledger import LEDGER_FILE, Ledger, LedgerError, Spend
 from privacy.planning import plan_noise, steps_per_epoch
 from privacy.policy import Terms, admit, tighten
+
+
+log = logging.getLogger("fedclinic.site")
 
 
 @dataclass(frozen=True)
@@ -48,7 +52,7 @@ def prepare(overrides: str, node_config: Mapping[str, object], weights: Mapping[
     cfg = load_experiment(split_overrides(overrides))
     site = site_settings(node_config, cfg.data.root)
     torch.set_num_threads(cfg.train.num_threads)
-    site_file = read_site_file(site.site_file, cfg.data)
+    site_file = read_site_file(site.site_file, cfg.data, required=site.site_file_explicit)
     arrays, _ = load_site(site.data_dir, cfg.data, cache_dir=site.cache_dir, site_file=site_file)
     model = build_model(cfg.model, num_labs=len(cfg.data.labs), note_buckets=cfg.data.note_buckets,
                         seed=cfg.seed)
@@ -91,7 +95,6 @@ def train_round(job: SiteJob, run_id: str, server_round: int) -> tuple[dict[str,
         use = _round_use(job, len(data), terms, run)
         projected = admit(use, run=run, lifetime=lifetime, terms=terms, policy=policy)
         settings = DPSettings(use.noise_multiplier, terms.max_grad_norm, terms.accountant, cfg.privacy.grad_sample_mode)
-        torch.manual_seed(cfg.seed * 100_003 + server_round)
         outcome = train_dp(job.model, data, cfg=cfg.train, dp=settings, prior=run, device=job.device)
         spent = MechanismUse(use.noise_multiplier, use.sample_rate, outcome.steps)
         run_eps, life_eps = projected.run_epsilon, projected.lifetime_epsilon
@@ -102,14 +105,22 @@ def train_round(job: SiteJob, run_id: str, server_round: int) -> tuple[dict[str,
                             terms.delta, run_eps, life_eps, policy.lifetime_delta, policy.lifetime_epsilon,
                             terms.accountant,
                             datetime.now(timezone.utc).isoformat(timespec="seconds")))
-    metrics = {"train-loss": outcome.loss, "num-examples": outcome.num_examples, "epsilon": run_eps,
+    # The training loss is a non-DP statistic of the training data: it stays at the site (log).
+    log.info("round %s: mean training loss %.4f over %s steps", server_round, outcome.loss, outcome.steps)
+    metrics = {"num-examples": outcome.num_examples, "epsilon": run_eps,
                "delta": terms.delta, "lifetime-epsilon": life_eps, "noise-multiplier": use.noise_multiplier,
                "steps": outcome.steps}
     return state_to_numpy(job.model), metrics
 
 
 def evaluate_round(job: SiteJob) -> dict[str, float]:
-    """Validation metrics of the global model on this site's held-out patients."""
-    outcome = evaluate(job.model, split_dataset(job.arrays, validation=True), device=job.device)
+    """Validation metrics of the global model on this site's held-out patients.
+
+    These metrics are not DP; the site reports them only over at least `min_patients` patients.
+    """
+    data = split_dataset(job.arrays, validation=True)
+    if len(data) < job.site_file.validation.min_patients:
+        raise RoundDeclined(EVAL_TOO_SMALL, f"{len(data)} held-out patients < {job.site_file.validation.min_patients}")
+    outcome = evaluate(job.model, data, device=job.device)
     return {"eval-loss": outcome.loss, "auroc": outcome.auroc if outcome.auroc is not None else 0.0,
             "auroc-defined": int(outcome.auroc is not None), "num-examples": outcome.num_examples}

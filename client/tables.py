@@ -1,11 +1,13 @@
 """Site tables (labels, manifest, labs, notes) from CSV, Parquet or JSONL, every value as text.
 
 Undecodable UTF-8 bytes never fail a whole file: they become U+FFFD and the affected rows are
-counted by the caller (see `undecodable`).
+counted by the caller (see `undecodable`). Rows that cannot be parsed at all (a ragged CSV row,
+a broken JSON line) are skipped and their number kept in `frame.attrs[MALFORMED]`.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -24,12 +26,40 @@ def find_table(site: Path, stem: str) -> Path | None:
     return present[0] if present else None
 
 
+MALFORMED = "malformed_rows"  # frame.attrs key: rows skipped because they could not be parsed
+
+
+def _read_jsonl(path: Path) -> pd.DataFrame:
+    rows, bad = [], 0
+    for line in path.read_bytes().decode("utf-8", errors="replace").splitlines():
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            bad += 1
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+        else:
+            bad += 1
+    frame = pd.DataFrame(rows)
+    frame.attrs[MALFORMED] = bad
+    return frame
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    bad: list[list[str]] = []
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8", encoding_errors="replace",
+                        engine="python", on_bad_lines=lambda fields: bad.append(fields))
+    frame.attrs[MALFORMED] = len(bad)
+    return frame
+
+
 def _read(path: Path) -> pd.DataFrame:
     if path.suffix == ".parquet":
         return pd.read_parquet(path)
-    if path.suffix == ".jsonl":
-        return pd.read_json(path, lines=True, dtype=False, encoding_errors="replace")
-    return pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8", encoding_errors="replace")
+    return _read_jsonl(path) if path.suffix == ".jsonl" else _read_csv(path)
 
 
 def read_table(path: Path, columns: tuple[str, ...], optional: tuple[str, ...] = ()) -> pd.DataFrame:
@@ -43,8 +73,11 @@ def read_table(path: Path, columns: tuple[str, ...], optional: tuple[str, ...] =
     if missing:
         raise SiteDataError(f"{path.name}: missing column(s) {missing}; expected {list(columns)}")
     keep = list(columns) + [c for c in optional if c in frame.columns]
+    malformed = frame.attrs.get(MALFORMED, 0)
     frame = frame[keep].astype(object).where(frame[keep].notna(), "")
-    return frame.apply(lambda col: col.astype(str).str.strip())
+    frame = frame.apply(lambda col: col.astype(str).str.strip()) if len(frame) else frame.astype(str)
+    frame.attrs[MALFORMED] = malformed
+    return frame
 
 
 def undecodable(values: pd.Series) -> pd.Series:

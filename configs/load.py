@@ -24,7 +24,14 @@ def split_overrides(text: str) -> list[str]:
 
 
 def compose_raw(overrides: Sequence[str] = ()) -> dict[str, object]:
-    """Compose config.yaml + overrides into a plain, resolved mapping."""
+    """Compose config.yaml + overrides into a plain, resolved mapping.
+
+    Overrides are values, never expressions: an interpolation (`${...}`) could read the site's
+    environment or files when a site composes the coordinator's overrides.
+    """
+    for item in overrides:
+        if "${" in item:
+            raise ConfigError(f"override {item!r}: interpolations (${{...}}) are not accepted")
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
             cfg = compose(config_name="config", overrides=list(overrides))

@@ -30,8 +30,6 @@ class DataConfig:
     window_width: float | None
     frame_policy: str             # multi-frame images: middle | first | mean
     lab_window_hours: float | None  # labs within this many hours before index_time (null: any)
-    val_fraction: float
-    split_seed: int
     note_buckets: int
     note_max_tokens: int
     labs: tuple[LabFeature, ...]
@@ -136,11 +134,21 @@ class PrivacyPolicy:
 
 
 @dataclass(frozen=True)
+class ValidationSplit:
+    """The site's held-out patients: owned by the site so the coordinator cannot pick them."""
+
+    fraction: float = 0.2
+    seed: int = 0
+    min_patients: int = 20     # fewer held-out patients: the site refuses to report metrics
+
+
+@dataclass(frozen=True)
 class SiteFileConfig:
     """site.yaml: configuration the site owns; the coordinator never sends or sees it."""
 
     lab_codes: tuple[LocalLabCode, ...] = ()
     privacy: PrivacyPolicy | None = None  # None: no policy written; the built-in PrivacyPolicy() applies
+    validation: ValidationSplit = field(default_factory=ValidationSplit)
 
     @property
     def policy(self) -> PrivacyPolicy:

@@ -23,7 +23,6 @@ def validate_experiment(cfg: ExperimentConfig) -> None:
     _require(cfg.rounds >= 1, "rounds", f"must be >= 1 (got {cfg.rounds})")
     d = cfg.data
     _require(d.image_size >= 8, "data.image_size", f"must be >= 8 (got {d.image_size})")
-    _require(0.0 < d.val_fraction < 1.0, "data.val_fraction", f"must be in (0, 1) (got {d.val_fraction})")
     _require(d.note_buckets >= 2, "data.note_buckets", "must be >= 2")
     _require(d.note_max_tokens >= 1, "data.note_max_tokens", "must be >= 1")
     _require((d.window_center is None) == (d.window_width is None), "data.window_width",

@@ -14,6 +14,7 @@ All use `PrivateTraining.step`, the same code for every mode.
 from __future__ import annotations
 
 import logging
+import secrets
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -124,6 +125,17 @@ class PrivateTraining:
             close()
 
 
+def os_seeded_generator(device: torch.device) -> torch.Generator:
+    """A generator seeded from the operating system's entropy pool, never from configuration.
+
+    DP noise and Poisson sampling must be unpredictable to the coordinator: a noise sequence it
+    could replay (same seed, same shapes) could be subtracted from the released update.
+    """
+    generator = torch.Generator(device=device)
+    generator.manual_seed(secrets.randbits(63))
+    return generator
+
+
 def make_private(model: nn.Module, optimizer: Optimizer, loader: DataLoader, *,
                  settings: DPSettings, prior: Sequence[MechanismUse],
                  criterion: nn.Module | None = None) -> PrivateTraining:
@@ -143,17 +155,22 @@ def make_private(model: nn.Module, optimizer: Optimizer, loader: DataLoader, *,
         warnings.filterwarnings("ignore", message="Secure RNG turned off")
         engine = PrivacyEngine(accountant=settings.accountant)
     logging.getLogger("fedclinic.privacy").info(
-        "DP noise comes from torch's default RNG: Opacus secure_mode needs torchcsprng, "
-        "which has no release for torch 2.x")
+        "DP noise and sampling use torch generators seeded from the OS entropy pool: Opacus "
+        "secure_mode (a CSPRNG) needs torchcsprng, which has no release for torch 2.x")
     engine.accountant.history = [(h.noise_multiplier, h.sample_rate, h.steps) for h in prior]
     if mode == EW:
         model = _BatchSized(model)  # shares the parameters: the caller's model is still trained
+    device = next(model.parameters()).device
     wrapped = engine.make_private(
         module=model, optimizer=optimizer, data_loader=loader, criterion=criterion,
         noise_multiplier=settings.noise_multiplier, max_grad_norm=settings.max_grad_norm,
-        loss_reduction="mean", poisson_sampling=True, grad_sample_mode=mode)
+        loss_reduction="mean", poisson_sampling=True, grad_sample_mode=mode,
+        noise_generator=os_seeded_generator(device))
     if mode == GHOST:
         private_model, private_opt, private_criterion, private_loader = wrapped
     else:
         (private_model, private_opt, private_loader), private_criterion = wrapped, criterion
+    # Opacus hands noise_generator to the optimizer only; the Poisson sampler would use torch's
+    # global RNG, which the process (or a coordinator-chosen seed) may have made predictable.
+    private_loader.batch_sampler.generator = os_seeded_generator(torch.device("cpu"))
     return PrivateTraining(private_model, private_opt, private_loader, engine, private_criterion, mode)

@@ -49,7 +49,7 @@ class RecordingFedAvg(FedAvg):
         declined = {m.metadata.src_node_id: m.error.code for m in replies
                     if m.has_error() and m.error.code in DECLINE_REASONS}
         self.recorder.trained(server_round, [SiteTraining(
-            _site(m, self.recorder), float(_metrics(m)["train-loss"]), int(_metrics(m)["num-examples"]),
+            _site(m, self.recorder), int(_metrics(m)["num-examples"]),
             float(_metrics(m)["epsilon"]), float(_metrics(m)["delta"]), float(_metrics(m)["lifetime-epsilon"]))
             for m in ok], failures=len(replies) - len(ok) - len(declined), declined=declined)
         if arrays is not None:

@@ -18,7 +18,6 @@ class SiteTraining:
     """One site's training report for a round (numbers only)."""
 
     site: str
-    loss: float
     num_examples: int
     epsilon: float
     delta: float

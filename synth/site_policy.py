@@ -17,6 +17,10 @@ def policy_yaml(site: str) -> str:
         "  run_epsilon: null           # per-run ceiling; null = the coordinator's target",
         "  min_noise_multiplier: 0.5",
         "  max_grad_norm: 10.0",
+        "validation:                   # the held-out split is the site's choice, not the coordinator's",
+        "  fraction: 0.2",
+        "  seed: 0",
+        "  min_patients: 10            # no validation metrics over fewer held-out patients",
     ]) + "\n"
 
 

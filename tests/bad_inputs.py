@@ -1,6 +1,6 @@
 """The bad-input corpus: each entry breaks a clean site in one way and states the outcome.
 
-Entries touch different rows and files (labels rows 0-4, manifest/DICOM rows 10-18, notes of
+Entries touch different rows and files (labels rows 0-4, manifest/DICOM rows 10-21, notes of
 patients 20-21) so that all non-fatal entries can be applied to one site at once.
 
 An entry's `expect` is either the reason it must be counted under in the LoadReport (a
@@ -30,6 +30,12 @@ class BadInput:
     mutate: Mutation
     counted: tuple[str, str] | None = None  # (LoadReport field, reason key)
     fatal: str | None = None                # expected SiteDataError message fragment
+    combinable: bool = True                 # False: it replaces a whole file other entries use
+
+    @property
+    def joins_the_combined_site(self) -> bool:
+        """Applied together with every other such entry to one site (site check, federated run)."""
+        return self.counted is not None and self.combinable
 
 
 def table(site: Path, name: str) -> pd.DataFrame:
@@ -101,6 +107,31 @@ def _symlink_out(site: Path) -> None:
     os.symlink(outside, site / "images" / "link.dcm")
     frame = table(site, "manifest.csv")
     frame.loc[13, "image_path"] = "images/link.dcm"
+    save(site, "manifest.csv", frame)
+
+
+def _append_raw(name: str, text: str) -> Mutation:
+    def mutate(site: Path) -> None:
+        with (site / name).open("a", encoding="utf-8") as fh:
+            fh.write(text)
+    return mutate
+
+
+def _series_with_escaping_member(site: Path) -> None:
+    series = site / "images" / "series-x"
+    series.mkdir()
+    outside = site.parent / "outside-member.dcm"
+    outside.write_bytes(image_of(site, 20).read_bytes())
+    os.symlink(outside, series / "1.dcm")
+    frame = table(site, "manifest.csv")
+    frame.loc[20, "image_path"] = "images/series-x"
+    save(site, "manifest.csv", frame)
+
+
+def _fifo_image(site: Path) -> None:
+    os.mkfifo(site / "images" / "pipe.dcm")
+    frame = table(site, "manifest.csv")
+    frame.loc[21, "image_path"] = "images/pipe.dcm"
     save(site, "manifest.csv", frame)
 
 
@@ -236,7 +267,11 @@ CORPUS: tuple[BadInput, ...] = (
     BadInput("lab for an unlabelled patient", _labs_row(patient_id="NOBODY"),
              counted=("lab_rows_dropped", "row for a patient without a label")),
     BadInput("labs missing a column", _write("labs.csv", "patient_id,code,value,time\nA1,2345-7,5,2026-01-01\n"),
-             fatal="labs.csv: missing column(s) ['unit']"),
+             counted=("table_problems", "labs.csv: missing column(s) ['unit']; expected "
+                                        "['patient_id', 'code', 'value', 'unit', 'time'] (table ignored)"),
+             combinable=False),
+    BadInput("site.yaml with a NaN budget", _write("site.yaml", "privacy:\n  lifetime_epsilon: .nan\n"),
+             fatal="site.yaml: privacy.lifetime_epsilon must be a finite number > 0"),
     BadInput("site.yaml maps to an unconfigured feature", _local_code_to_unknown_feature,
              fatal="site.yaml: lab_codes[0].feature '9999-9' is not a configured lab feature"),
     # notes
@@ -252,6 +287,12 @@ CORPUS: tuple[BadInput, ...] = (
              counted=("manifest_problems", "path outside the site folder")),
     BadInput("manifest row for an unlabelled patient", lambda s: append(s, "manifest.csv", {"patient_id": "NOBODY", "image_path": "images/x.dcm"}),
              counted=("manifest_problems", "manifest row for a patient without a label")),
+    BadInput("manifest path with a NUL byte", _manifest_path("images/a\x00b.dcm", 19),
+             counted=("manifest_problems", "invalid image path")),
+    BadInput("series folder member escaping the site", _series_with_escaping_member,
+             counted=("manifest_problems", "path outside the site folder")),
+    BadInput("manifest path to a named pipe", _fifo_image, counted=("manifest_problems",
+                                                                    "not a regular file (device, pipe or socket)")),
     BadInput("manifest file missing", _manifest_path("images/nope.dcm", 12),
              counted=("manifest_problems", "file listed in the manifest is missing")),
     # DICOM
@@ -261,4 +302,7 @@ CORPUS: tuple[BadInput, ...] = (
     BadInput("zero-sized image", _dicom(_zero_rows, 15), counted=("quarantined_images", "empty image")),
     BadInput("wrong SOP class (SR)", _dicom(_structured_report, 16),
              counted=("quarantined_images", "non-image object: Basic Text SR Storage")),
+    # last: later entries would re-read notes.csv with a strict parser
+    BadInput("ragged CSV row in notes", _append_raw("notes.csv", 'X1,an unquoted, comma,and more\n'),
+             counted=("table_problems", "notes.csv: malformed rows skipped")),
 )

@@ -41,8 +41,8 @@ def test_train_replies_with_weights_metrics_and_keeps_dp_state(small_sites: Path
     first = app(request("train", 1), ctx)
     assert not first.has_error()
     metrics = first.content.metric_records["metrics"]
-    assert set(metrics) == {"train-loss", "num-examples", "epsilon", "delta", "lifetime-epsilon",
-                            "noise-multiplier", "steps"}
+    # no training loss: it would be a non-DP statistic of the training data
+    assert set(metrics) == {"num-examples", "epsilon", "delta", "lifetime-epsilon", "noise-multiplier", "steps"}
     assert first.content.config_records["site"]["name"] == "site-b"
     assert set(first.content.array_records["arrays"]) == set(request("train").content.array_records["arrays"])
     second = app(request("train", 2), ctx)  # the site's ledger carries the run's spend between messages
@@ -65,3 +65,13 @@ def test_a_config_the_site_rejects_is_reported_as_such(small_sites: Path, tmp_pa
     ctx = context({"data-path": str(small_sites / "site-a"), "state-dir": str(tmp_path)}, "rounds=0")
     reply = app(request("evaluate"), ctx)
     assert reply.has_error() and reply.error.code == ERROR_CONFIG
+
+
+def test_the_site_will_not_report_metrics_over_too_few_held_out_patients(small_sites: Path, tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    import shutil
+    shutil.copytree(small_sites / "site-a", site)
+    with (site / "site.yaml").open("a") as fh:
+        fh.write("validation: {fraction: 0.2, seed: 0, min_patients: 1000}\n")
+    reply = app(request("evaluate"), context({"data-path": str(site), "state-dir": str(tmp_path / "state")}))
+    assert reply.has_error() and reply.error.code == 704 and "too few held-out patients" in reply.error.reason

@@ -51,3 +51,11 @@ def test_override_string_round_trips_like_a_shell() -> None:
 def test_resolved_yaml_reflects_overrides() -> None:
     text = to_yaml(["rounds=4"])
     assert "rounds: 4" in text and "target_epsilon:" in text
+
+
+def test_the_coordinator_cannot_interpolate_or_choose_the_validation_split() -> None:
+    with pytest.raises(ConfigError, match="interpolations"):
+        load_experiment(["train.local_epochs=${oc.env:HOME}"])
+    for override in ("data.val_fraction=0.000001", "data.split_seed=1157529"):
+        with pytest.raises(ConfigError, match="unknown key"):  # the split is the site's (site.yaml)
+            load_experiment([f"+{override}"])

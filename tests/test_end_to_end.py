@@ -121,7 +121,7 @@ def test_labs_only_images_only_and_broken_sites_train_beside_a_full_site(tmp_pat
                      "--only", "site-b=labs", "site-c=image", "--out", str(sites), cwd=tmp_path).returncode == 0
     assert not (sites / "site-b" / "manifest.csv").exists() and not (sites / "site-c" / "labs.csv").exists()
     for bad in CORPUS:  # every non-fatal broken input, all at once, at the full site
-        if bad.counted:
+        if bad.joins_the_combined_site:
             bad.mutate(sites / "site-a")
     done = fedclinic("run", f"data.root={sites}", "rounds=2", "train.batch_size=32",
                      f"output.root={tmp_path / 'runs'}", cwd=tmp_path)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from opacus.accountants import PRVAccountant, RDPAccountant
@@ -135,3 +136,14 @@ def test_an_empty_poisson_batch_still_takes_a_noisy_step(experiment: ExperimentC
     after = torch.cat([p.detach().flatten() for p in model.parameters()])
     assert float(loss) == 0.0 and (after - before).abs().max() > 0
     assert private.history() == [MechanismUse(1.0, 0.5, 1)]
+
+
+def test_dp_noise_cannot_be_replayed_by_choosing_the_seed(small_sites: Path, tmp_path: Path) -> None:
+    """A coordinator controls cfg.seed and the round number; the noise must not follow them."""
+    cfg = load_experiment(["rounds=2", "train.local_epochs=1", "train.batch_size=32"])
+    updates = []
+    for run in ("run-a", "run-b"):
+        torch.manual_seed(1234)  # whatever the global RNG state, the DP randomness is fresh
+        weights, _ = train_round(_job(small_sites, cfg, tmp_path / run), run, 1)
+        updates.append(np.concatenate([v.ravel() for v in weights.values()]))
+    assert not np.allclose(updates[0], updates[1])

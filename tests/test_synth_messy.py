@@ -178,7 +178,7 @@ def test_site_yaml(messy: list[pathlib.Path]) -> None:
         raw = (site / "site.yaml").read_text(encoding="utf-8")
         assert raw.startswith("# Site-owned configuration (written by site IT, never sent by the coordinator)\n")
         parsed = yaml.safe_load(raw)
-        assert parsed["lab_codes"] == SITE_YAML[site.name] and set(parsed) == {"lab_codes", "privacy"}
+        assert parsed["lab_codes"] == SITE_YAML[site.name] and set(parsed) == {"lab_codes", "privacy", "validation"}
         labs = labs_of(site)
         local = SITE_YAML[site.name][0]["code"]
         share = (labs["code"] == local).sum() / labs["code"].isin([local, SITE_YAML[site.name][0]["feature"]]).sum()
