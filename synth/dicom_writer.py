@@ -18,7 +18,8 @@ from synth.site_profiles import Rescale, Scanner, SiteProfile
 
 AIR_HU = -1000.0
 TISSUE_HU = 40.0
-LESION_PEAK_PER_UNIT = 90.0  # peak lesion contrast (HU) per unit of f_img
+LESION_PEAK_PER_UNIT = 180.0  # peak lesion contrast (HU) per unit of f_img; 90 was too faint for the
+# DP-trained image tower at 32x32 to pick up reliably (demo AUROC 0.72-0.82 over noise draws vs 0.77-0.83)
 HU_MIN, HU_MAX = -1024.0, 3071.0  # representable CT range, identical for every convention
 FIELD_OF_VIEW_MM = 350.0
 SLICE_THICKNESS_MM = 5.0
