@@ -126,12 +126,6 @@ def _memo_hit(path: Path, memo_dir: Path | None) -> tuple[Signature, str] | None
     return memo if memo is not None and memo[0] == stat_signature(st) else None
 
 
-def memoised_digest(path: Path, memo_dir: Path | None) -> str | None:
-    """The remembered SHA-256 of `path` when its stat signature is unchanged; None otherwise."""
-    hit = _memo_hit(path, memo_dir)
-    return None if hit is None else hit[1]
-
-
 def _remember(memo_dir: Path | None, path: Path, st: os.stat_result, digest: str) -> None:
     """Memoise `digest` for the signature `st` taken before the bytes were read, unless recent."""
     if memo_dir is None or not stat.S_ISREG(st.st_mode):
