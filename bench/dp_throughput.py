@@ -14,7 +14,9 @@ Memory: a fresh subprocess per configuration. CPU: peak RSS growth, i.e. the pea
 high-water mark to the current RSS (/proc/self/clear_refs "5"), so setup peaks do not hide the
 steps' footprint (tensor memory comes from malloc, which tracemalloc cannot see). The peak is read
 as VmHWM from /proc/self/status: getrusage's ru_maxrss in a child starts at the parent's peak
-(carried across exec), which here is larger than the child's own (see _peak_rss_kib).
+(carried across exec), which here is larger than the child's own (see _peak_rss_kib). The first
+steps include one-off allocations (oneDNN primitives, optimizer state) that every mode makes; the
+last column is the steady state: the peak growth of --mem-steps further steps after another reset.
 CUDA: torch.cuda.max_memory_allocated minus memory_allocated before.
 """
 
@@ -156,7 +158,7 @@ def memory_probe(name: str, args: argparse.Namespace) -> dict[str, float]:
     device = torch.device(args.device)
     cfg = load_experiment([])
     data = synthetic_dataset(cfg, BATCHES_PER_EPOCH * cfg.train.batch_size, seed=0)
-    batches = poisson_batches(cfg, data, args.mem_steps, device, seed=1)
+    batches = poisson_batches(cfg, data, 2 * args.mem_steps, device, seed=1)
     runner = Runner(name, cfg, data, device)
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -166,7 +168,7 @@ def memory_probe(name: str, args: argparse.Namespace) -> dict[str, float]:
     # top of the setup; without it (no clear_refs), it is what they add on top of the setup's peak.
     reset = _reset_peak_rss()
     before, ru_before = _peak_rss_kib(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    for b in batches:
+    for b in batches[:args.mem_steps]:
         runner.step(b)
     _sync(device)
     after, ru_after = _peak_rss_kib(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -175,6 +177,13 @@ def memory_probe(name: str, args: argparse.Namespace) -> dict[str, float]:
               "peak_reset": float(reset)}
     if device.type == "cuda":
         result["cuda_peak_mib"] = (torch.cuda.max_memory_allocated() - base) / 2**20
+        return result
+    # steady state: the same number of further steps, high-water mark reset after the first ones
+    _reset_peak_rss()
+    settled = _peak_rss_kib()
+    for b in batches[args.mem_steps:]:
+        runner.step(b)
+    result["steady_growth_mib"] = (_peak_rss_kib() - settled) / 1024
     return result
 
 
@@ -235,7 +244,8 @@ def _table(names: list[str], primary: dict[str, list[float]], wall_sps: dict[str
            memory: dict[str, dict], mem_key: str, clock: str) -> list[tuple[str, float, float]]:
     """Print the side-by-side table; return (mode, speed ratio, memory ratio) per DP mode."""
     header = (f"| mode | samples/s ({clock}) | DP/non-DP ({clock}) | per-rep ratios | samples/s (wall) "
-              f"| DP/non-DP (wall) | peak mem growth MiB | mem vs non-DP | RSS before -> peak MiB |")
+              f"| DP/non-DP (wall) | peak mem growth MiB | mem vs non-DP | RSS before -> peak MiB "
+              f"| steady-state growth MiB (vs non-DP) |")
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
     base_mem, verdicts = memory[NON_DP][mem_key], []
@@ -248,8 +258,10 @@ def _table(names: list[str], primary: dict[str, list[float]], wall_sps: dict[str
             r_txt, per_rep = f"{r_med:.2f}", " ".join(f"{x:.2f}" for x in rs)
             w_txt, m_txt = f"{statistics.median(_ratios(wall_sps, name)):.2f}", f"{m_ratio:.2f}"
             verdicts.append((name, r_med, m_ratio))
+        steady, base_steady = memory[name].get("steady_growth_mib"), memory[NON_DP].get("steady_growth_mib")
+        s_txt = "-" if steady is None else (f"{steady:.1f}" + (f" ({steady / base_steady:.2f})" if base_steady else ""))
         print(f"| {name} | {sps:.0f} | {r_txt} | {per_rep} | {wsps:.0f} | {w_txt} | {mem:.1f} | {m_txt} "
-              f"| {memory[name]['rss_before_mib']:.0f} -> {memory[name]['rss_peak_mib']:.0f} |")
+              f"| {memory[name]['rss_before_mib']:.0f} -> {memory[name]['rss_peak_mib']:.0f} | {s_txt} |")
     return verdicts
 
 

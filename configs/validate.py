@@ -7,7 +7,7 @@ from configs.schema import ExperimentConfig
 
 OPTIMIZERS = ("adam", "sgd")
 ACCOUNTANTS = ("prv", "rdp")
-GRAD_SAMPLE_MODES = ("hooks", "ghost", "ew")
+GRAD_SAMPLE_MODES = ("bk", "hooks", "ghost", "ew")
 STRATEGIES = ("fedavg",)
 DEVICES = ("auto", "cpu", "cuda")
 FRAME_POLICIES = ("middle", "first", "mean")

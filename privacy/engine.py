@@ -1,6 +1,11 @@
 """The one place Opacus is wrapped: DP-SGD over a model, optimizer and Poisson-sampled loader.
 
-Two per-sample clipping modes (`DPSettings.grad_sample_mode`):
+Four per-sample clipping modes (`DPSettings.grad_sample_mode`), all exact:
+- "bk" (default): book-keeping clipping (privacy/bookkeeping.py). One backward pass gives every
+  layer's output gradient; per-sample norms and the clipped sum come from those and the layer
+  inputs, with no second pass and no per-sample gradient on the parameters. Opacus still does the
+  Poisson sampling, the noise, the averaging and the accounting (DPOptimizerFastGradientClipping
+  takes `p.grad` as the clipped sum).
 - "hooks": Opacus materialises every per-sample gradient, clips, sums, noises.
 - "ghost": fast gradient clipping. The first backward pass computes per-sample gradient norms
   (Linear and Embedding without building per-sample gradients), the second back-propagates the
@@ -22,17 +27,21 @@ from typing import Any
 
 import torch
 from opacus import PrivacyEngine
+from opacus.data_loader import DPDataLoader
 from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
+from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
 from torch import nn
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
 from privacy.accountant import MechanismUse, merge
+from privacy.bookkeeping import BookkeepingClipper
 
+BK = "bk"
 GHOST = "ghost"
 HOOKS = "hooks"
 EW = "ew"
-SUPPORTED_MODES = (HOOKS, GHOST, EW)
+SUPPORTED_MODES = (BK, HOOKS, GHOST, EW)
 
 
 class _BatchSized(nn.Module):
@@ -45,6 +54,22 @@ class _BatchSized(nn.Module):
 
     def forward(self, target: torch.Tensor, inputs: Any) -> Any:
         return self.module(inputs)
+
+
+class _BookkeptLoss:
+    """The batch-mean loss under "bk": `.backward()` writes the clipped per-sample sum to `.grad`."""
+
+    def __init__(self, loss: torch.Tensor, clipper: BookkeepingClipper, batch_size: int) -> None:
+        self._loss, self._clipper, self._batch_size = loss, clipper, batch_size
+
+    def backward(self) -> None:
+        self._clipper.clipped_backward(self._loss, self._batch_size)
+
+    def detach(self) -> torch.Tensor:
+        return self._loss.detach()
+
+    def item(self) -> float:
+        return float(self._loss.detach())
 
 
 @dataclass(frozen=True)
@@ -61,9 +86,9 @@ class DPSettings:
 class PrivateTraining:
     """A model, optimizer, criterion and loader made private, plus the accountant that watches them.
 
-    `criterion` is the criterion as given (hooks) or Opacus' DPLossFastGradientClipping wrapper
-    (ghost), whose loss `.backward()` runs both passes. Train with `step`; `loss` + `.backward()`
-    + `optimizer.step()` is the same thing for a non-empty batch.
+    `criterion` is the criterion as given (bk, hooks, ew) or Opacus' DPLossFastGradientClipping
+    wrapper (ghost), whose loss `.backward()` runs both passes. Train with `step`; `loss` +
+    `.backward()` + `optimizer.step()` is the same thing for a non-empty batch.
     """
 
     model: nn.Module
@@ -72,11 +97,15 @@ class PrivateTraining:
     engine: PrivacyEngine
     criterion: Any
     grad_sample_mode: str
+    clipper: BookkeepingClipper | None = None
 
     def loss(self, inputs: Any, target: torch.Tensor) -> Any:
-        """The criterion's batch mean on the wrapped model: a Tensor (hooks) or a
-        DPTensorFastGradientClipping (ghost); both support `.backward()`, `.detach()`, `.item()`.
-        The batch must not be empty (an empty mean is NaN); `step` handles empty batches."""
+        """The criterion's batch mean on the wrapped model: a Tensor (hooks, ew), a
+        DPTensorFastGradientClipping (ghost) or a _BookkeptLoss (bk); all support `.backward()`,
+        `.detach()`, `.item()`. The batch must not be empty (an empty mean is NaN); `step` handles
+        empty batches."""
+        if self.clipper is not None:
+            return _BookkeptLoss(self.criterion(self.model(inputs), target), self.clipper, len(target))
         if self.grad_sample_mode == EW:
             return self.criterion(self.model(target, inputs), target)
         return self.criterion(self.model(inputs), target)
@@ -105,7 +134,7 @@ class PrivateTraining:
 
         hooks, ew: DPOptimizer clips `p.grad_sample` ([0, *shape]: no sample -> zero sum); a real
         empty forward crashes "ew" (ExpandedWeights needs batch size > 0).
-        ghost: DPOptimizerFastGradientClipping takes `p.grad` as the clipped sum. A real
+        ghost, bk: DPOptimizerFastGradientClipping takes `p.grad` as the clipped sum. A real
         forward/backward of an empty batch crashes Opacus' nn.Embedding ghost norm sampler.
         """
         for p in self.optimizer.params:
@@ -119,10 +148,48 @@ class PrivateTraining:
         return merge(MechanismUse(float(s), float(q), int(n)) for s, q, n in self.engine.accountant.history)
 
     def close(self) -> None:
-        """Detach Opacus' hooks and per-sample buffers from the wrapped model."""
+        """Detach Opacus' (or the book-keeping clipper's) hooks and buffers from the model."""
+        if self.clipper is not None:
+            self.clipper.close()
         close = getattr(self.model, "_close", None)
         if callable(close):
             close()
+
+
+class _ClippedSumOptimizer(DPOptimizerFastGradientClipping):
+    """Opacus' optimizer for a `.grad` that already is the clipped sum, with two shortcuts that
+    change no value's distribution: no per-step deepcopy of every gradient (`add_noise` replaces
+    `p.grad` by a new tensor, so the clipped sum can be kept as `summed_grad` as it is), and the
+    Gaussian noise for all parameters drawn in one call, N(0, (sigma C)^2) per coordinate as in
+    Opacus' non-secure `_generate_noise`, then divided by the expected batch size in the same
+    pass (Opacus' `scale_grad`)."""
+
+    def accumulate(self) -> None:
+        for p in self.params:
+            p.summed_grad = p.grad if p.summed_grad is None else p.summed_grad + p.grad
+
+    def add_noise(self) -> None:
+        params = self.params
+        if len({(p.dtype, p.device) for p in params}) != 1:
+            super().add_noise()
+            return
+        for p in params:
+            _check_processed_flag(p.summed_grad)
+        std = self.noise_multiplier * self.max_grad_norm
+        first = params[0].summed_grad
+        noise = torch.normal(0.0, std, size=(sum(p.numel() for p in params),), device=first.device,
+                             dtype=first.dtype, generator=self.generator)
+        scale = self.expected_batch_size * self.accumulated_iterations if self.loss_reduction == "mean" else 1
+        for p, part in zip(params, noise.split([p.numel() for p in params])):
+            p.grad = (p.summed_grad + part.view_as(p.summed_grad)).div_(scale).view_as(p)
+            _mark_as_processed(p.summed_grad)
+        self._scaled = True
+
+    def scale_grad(self) -> None:
+        """Done in `add_noise` when it drew the noise in one call (one pass over the gradients)."""
+        if not getattr(self, "_scaled", False):
+            super().scale_grad()
+        self._scaled = False
 
 
 def os_seeded_generator(device: torch.device) -> torch.Generator:
@@ -158,6 +225,8 @@ def make_private(model: nn.Module, optimizer: Optimizer, loader: DataLoader, *,
         "DP noise and sampling use torch generators seeded from the OS entropy pool: Opacus "
         "secure_mode (a CSPRNG) needs torchcsprng, which has no release for torch 2.x")
     engine.accountant.history = [(h.noise_multiplier, h.sample_rate, h.steps) for h in prior]
+    if mode == BK:
+        return _make_bookkept(model, optimizer, loader, settings, engine, criterion)
     if mode == EW:
         model = _BatchSized(model)  # shares the parameters: the caller's model is still trained
     device = next(model.parameters()).device
@@ -174,3 +243,21 @@ def make_private(model: nn.Module, optimizer: Optimizer, loader: DataLoader, *,
     # global RNG, which the process (or a coordinator-chosen seed) may have made predictable.
     private_loader.batch_sampler.generator = os_seeded_generator(torch.device("cpu"))
     return PrivateTraining(private_model, private_opt, private_loader, engine, private_criterion, mode)
+
+
+def _make_bookkept(model: nn.Module, optimizer: Optimizer, loader: DataLoader, settings: DPSettings,
+                   engine: PrivacyEngine, criterion: nn.Module) -> PrivateTraining:
+    """"bk": the model stays unwrapped; Opacus' Poisson loader, noise and accountant hook as in
+    PrivacyEngine.make_private, with p.grad holding the clipped sum the clipper wrote."""
+    if {id(p) for group in optimizer.param_groups for p in group["params"]} - {id(p) for p in model.parameters()}:
+        raise ValueError("the optimizer holds parameters that are not the model's")
+    clipper = BookkeepingClipper(model, settings.max_grad_norm)
+    device = next(model.parameters()).device
+    private_loader = DPDataLoader.from_data_loader(loader, generator=os_seeded_generator(torch.device("cpu")))
+    sample_rate = 1 / len(private_loader)
+    private_opt = _ClippedSumOptimizer(
+        optimizer, noise_multiplier=settings.noise_multiplier, max_grad_norm=settings.max_grad_norm,
+        expected_batch_size=int(len(private_loader.dataset) * sample_rate), loss_reduction="mean",
+        generator=os_seeded_generator(device))
+    private_opt.attach_step_hook(engine.accountant.get_optimizer_hook_fn(sample_rate=sample_rate))
+    return PrivateTraining(model, private_opt, private_loader, engine, criterion, BK, clipper)
