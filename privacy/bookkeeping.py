@@ -42,7 +42,7 @@ class _LayerGradient:
 
 def _sq_norms(x: torch.Tensor) -> torch.Tensor:
     """Squared L2 norm of each row of a [B, ...] tensor (one fused reduction)."""
-    return torch.linalg.vector_norm(x.reshape(x.shape[0], -1), dim=1).square()
+    return torch.linalg.vector_norm(x, dim=tuple(range(1, x.dim()))).square()
 
 
 def _set_grad(p: torch.nn.Parameter | None, value: torch.Tensor) -> None:

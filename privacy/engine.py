@@ -176,12 +176,13 @@ class _ClippedSumOptimizer(DPOptimizerFastGradientClipping):
         for p in params:
             _check_processed_flag(p.summed_grad)
         std = self.noise_multiplier * self.max_grad_norm
-        first = params[0].summed_grad
-        noise = torch.normal(0.0, std, size=(sum(p.numel() for p in params),), device=first.device,
-                             dtype=first.dtype, generator=self.generator)
-        scale = self.expected_batch_size * self.accumulated_iterations if self.loss_reduction == "mean" else 1
-        for p, part in zip(params, noise.split([p.numel() for p in params])):
-            p.grad = (p.summed_grad + part.view_as(p.summed_grad)).div_(scale).view_as(p)
+        flat = torch.cat([p.summed_grad.reshape(-1) for p in params])   # a new tensor: updated in place
+        flat.add_(torch.normal(0.0, std, size=flat.shape, device=flat.device, dtype=flat.dtype,
+                               generator=self.generator))
+        if self.loss_reduction == "mean":
+            flat.div_(self.expected_batch_size * self.accumulated_iterations)
+        for p, part in zip(params, flat.split([p.numel() for p in params])):
+            p.grad = part.view_as(p)
             _mark_as_processed(p.summed_grad)
         self._scaled = True
 
