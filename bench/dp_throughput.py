@@ -5,11 +5,12 @@
 Throughput: one process; synthetic tensors of the default config's shapes (Zipf-like token ids),
 Poisson batches drawn in advance from the real `privacy.engine.make_private` loader (q = 1/16 of
 N = 16 x batch, expected batch = train.batch_size), so no data loading is timed. Each repetition
-times every configuration on the same batches (rotating order) and the DP/non-DP ratio is taken
-per repetition (paired); the table reports medians. CPU: process CPU time is the primary clock
+times every configuration on the same batches (rotating order, each preceded by --rewarm untimed
+steps so that the switch from another configuration is charged to none) and the DP/non-DP ratio
+is taken per repetition (paired); the table reports medians. CPU: process CPU time is the primary clock
 (robust to co-running load), wall time is shown too. CUDA: wall time with synchronisation.
 
-Memory: a fresh subprocess per configuration. CPU: peak RSS growth, i.e. the peak RSS after
+Memory: fresh subprocesses per configuration (--mem-probes, median of each figure). CPU: peak RSS growth, i.e. the peak RSS after
 --mem-steps steps minus the peak just before the first step, after malloc_trim and a reset of the
 high-water mark to the current RSS (/proc/self/clear_refs "5"), so setup peaks do not hide the
 steps' footprint (tensor memory comes from malloc, which tracemalloc cannot see). The peak is read
@@ -188,10 +189,13 @@ def memory_probe(name: str, args: argparse.Namespace) -> dict[str, float]:
 
 
 def run_memory(name: str, args: argparse.Namespace) -> dict[str, float]:
+    """--mem-probes fresh subprocesses; the median of each figure (glibc's heap makes single RSS
+    peaks vary by several MiB from run to run)."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--memory-probe", name, "--threads", str(args.threads),
            "--device", args.device, "--mem-steps", str(args.mem_steps)]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    runs = [json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT)
+                       .stdout.strip().splitlines()[-1]) for _ in range(args.mem_probes)]
+    return {key: statistics.median(r[key] for r in runs) for key in runs[0]}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -201,7 +205,10 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--reps", type=int, default=7, help="paired repetitions")
     ap.add_argument("--steps", type=int, default=20, help="timed steps per configuration per repetition")
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps per configuration first")
+    ap.add_argument("--rewarm", type=int, default=2,
+                    help="untimed steps before each timed repetition (after switching configuration)")
     ap.add_argument("--mem-steps", type=int, default=3, help="steps measured by each memory subprocess")
+    ap.add_argument("--mem-probes", type=int, default=3, help="memory subprocesses per configuration (median)")
     ap.add_argument("--modes", default=",".join(GRAD_SAMPLE_MODES), help="comma-separated DP modes")
     ap.add_argument("--memory-probe", default=None, help=argparse.SUPPRESS)
     return ap
@@ -218,6 +225,8 @@ def _measure(names: list[str], runners: dict[str, Runner], batches: list, args: 
     for r in range(args.reps):
         chunk = batches[args.warmup + r * args.steps: args.warmup + (r + 1) * args.steps]
         for name in names[r % len(names):] + names[:r % len(names)]:  # rotate the order per rep
+            for b in chunk[:args.rewarm]:  # untimed: caches and allocator after the switch
+                runners[name].step(b)
             cpu, wall, samples = time_steps(runners[name], chunk, device)
             cpu_sps[name].append(samples / cpu)
             wall_sps[name].append(samples / wall)
@@ -236,8 +245,9 @@ def _memory_label(memory: dict[str, dict], device: torch.device, args: argparse.
                  else "NO high-water reset: growth over the setup peak")
     if device.type == "cuda":
         return "CUDA max_memory_allocated growth over the first steps"
-    return (f"peak RSS growth of the first {args.mem_steps} steps in a fresh subprocess per mode, "
-            f"VmHWM (= ru_maxrss of this address space) after minus before ({reset_txt})")
+    return (f"peak RSS growth of the first {args.mem_steps} steps in a fresh subprocess per mode (median of "
+            f"{args.mem_probes}), VmHWM (= ru_maxrss of this address space) after minus before ({reset_txt}); "
+            f"steady state: {args.mem_steps} further steps after another reset")
 
 
 def _table(names: list[str], primary: dict[str, list[float]], wall_sps: dict[str, list[float]],
@@ -303,7 +313,7 @@ def main() -> None:
           f"{runners[NON_DP].num_params} params")
     print(f"Poisson: N={n}, q=1/{BATCHES_PER_EPOCH}, expected batch {cfg.train.batch_size}; sigma={SIGMA}, "
           f"C={CLIP}; SGD lr {cfg.train.lr} momentum {cfg.train.momentum}; {args.reps} reps x {args.steps} "
-          f"steps (+{args.warmup} warm-up) per configuration; mean batch "
+          f"steps (+{args.warmup} warm-up, +{args.rewarm} untimed before each) per configuration; mean batch "
           f"{statistics.mean(len(b.label) for b in batches):.1f}")
     cpu_sps, wall_sps = _measure(names, runners, batches, args, device)
     memory = {name: run_memory(name, args) for name in names}

@@ -28,7 +28,7 @@ SUPPORTED_LAYERS = (nn.Linear, nn.Conv2d, nn.GroupNorm, nn.Embedding)
 # Layers whose bias gradient autograd computes without their weight gradient (oneDNN's
 # convolution backward computes both together: asking for a Conv2d bias costs its weight gradient).
 _CHEAP_BIAS_GRADIENT = (nn.Linear, nn.GroupNorm)
-_CHUNK_ELEMENTS = 1 << 18  # im2col is built for at most this many elements at a time (1 MiB of float32)
+_CHUNK_ELEMENTS = 1 << 17  # im2col is built for at most this many elements at a time (512 KiB of float32)
 _CHANNELS_LAST_FROM = 4    # input channels from which im2col copies channels-last rows
 
 
@@ -93,30 +93,55 @@ def _materialised(m: nn.Module, per_sample_weight: torch.Tensor, bias: torch.Ten
     return _per_sample_layer(m, _sq_norms(flat), lambda c: c @ flat, bias)
 
 
-def _im2col(m: nn.Conv2d, a: torch.Tensor, out_hw: tuple[int, int]) -> tuple[torch.Tensor, bool]:
-    """The convolution's input windows as [n, L, K], built by one strided copy, and whether K is
-    ordered (kh, kw, in) rather than the weight's (in, kh, kw).
+class _Im2col:
+    """One Conv2d's input windows as [n, L, K], built in reused buffers: a zero-bordered padded
+    input per layer (only its interior is written) and a scratch shared by all layers (the hooks
+    run one at a time). Reuse keeps the allocator from fragmenting as Poisson batch sizes vary.
 
-    With several input channels the copy reads channels-last rows (contiguous runs of kw * in
-    values, which vectorise); with one or two it reads the NCHW input directly. On CPU both are
-    faster than F.unfold, and steadier than oneDNN's grouped-convolution weight gradient, whose
-    speed jumps between batch sizes."""
-    (ph, pw), (sh, sw), (dh, dw), (kh, kw) = m.padding, m.stride, m.dilation, m.kernel_size
-    n, c_in, positions = a.shape[0], a.shape[1], out_hw[0] * out_hw[1]
-    padded = F.pad(a, (pw, pw, ph, ph))
-    if c_in >= _CHANNELS_LAST_FROM:
-        padded = padded.permute(0, 2, 3, 1).contiguous()                 # [n, Hp, Wp, in]
+    With several input channels the padded input is channels-last and K is ordered (kh, kw, in):
+    the window copy then reads contiguous runs of kw * in values, which vectorise. With one or two
+    channels it stays NCHW and K is the weight's (in, kh, kw). On CPU both are faster than
+    F.unfold, and steadier than oneDNN's grouped-convolution weight gradient, whose speed jumps
+    between batch sizes."""
+
+    def __init__(self, m: nn.Conv2d, scratch: dict[str, torch.Tensor]) -> None:
+        self.m, self.scratch = m, scratch
+        self.channels_last = m.in_channels >= _CHANNELS_LAST_FROM
+        self.padded: torch.Tensor | None = None
+
+    def _padded(self, a: torch.Tensor) -> torch.Tensor:
+        (ph, pw), (n, c, h, w) = self.m.padding, a.shape
+        shape = (h + 2 * ph, w + 2 * pw, c) if self.channels_last else (c, h + 2 * ph, w + 2 * pw)
+        buf = self.padded
+        if buf is None or buf.shape[0] < n or buf.shape[1:] != shape or buf.dtype != a.dtype or buf.device != a.device:
+            buf = self.padded = a.new_zeros((n, *shape))   # borders stay zero: only the interior is written
+        if self.channels_last:
+            buf[:n, ph:ph + h, pw:pw + w].copy_(a.permute(0, 2, 3, 1))
+        else:
+            buf[:n, :, ph:ph + h, pw:pw + w].copy_(a)
+        return buf[:n]
+
+    def __call__(self, a: torch.Tensor, out_hw: tuple[int, int]) -> torch.Tensor:
+        (sh, sw), (dh, dw), (kh, kw) = self.m.stride, self.m.dilation, self.m.kernel_size
+        n, c_in, positions = a.shape[0], a.shape[1], out_hw[0] * out_hw[1]
+        padded = self._padded(a)
         s = padded.stride()
-        windows = padded.as_strided((n, *out_hw, kh, kw, c_in),
-                                    (s[0], sh * s[1], sw * s[2], dh * s[1], dw * s[2], s[3]))
-        return windows.reshape(n, positions, kh * kw * c_in), True
-    s = padded.stride()
-    windows = padded.as_strided((n, c_in, kh, kw, *out_hw),
-                                (s[0], s[1], dh * s[2], dw * s[3], sh * s[2], sw * s[3]))
-    return windows.reshape(n, c_in * kh * kw, positions).transpose(1, 2), False
+        buf = self.scratch.get("cols")
+        if buf is None or buf.numel() < n * c_in * kh * kw * positions or buf.dtype != a.dtype or buf.device != a.device:
+            buf = self.scratch["cols"] = a.new_empty(max(n * c_in * kh * kw * positions, _CHUNK_ELEMENTS))
+        buf = buf[:n * c_in * kh * kw * positions]
+        if self.channels_last:
+            windows = padded.as_strided((n, *out_hw, kh, kw, c_in),
+                                        (s[0], sh * s[1], sw * s[2], dh * s[1], dw * s[2], s[3]))
+            buf.view(windows.shape).copy_(windows)
+            return buf.view(n, positions, kh * kw * c_in)
+        windows = padded.as_strided((n, c_in, kh, kw, *out_hw),
+                                    (s[0], s[1], dh * s[2], dw * s[3], sh * s[2], sw * s[3]))
+        buf.view(windows.shape).copy_(windows)
+        return buf.view(n, c_in * kh * kw, positions).transpose(1, 2)
 
 
-def _conv2d(m: nn.Conv2d, a: torch.Tensor, g: torch.Tensor) -> _LayerGradient:
+def _conv2d(m: nn.Conv2d, a: torch.Tensor, g: torch.Tensor, im2col: _Im2col) -> _LayerGradient:
     b, out, positions = a.shape[0], m.out_channels, g.shape[2] * g.shape[3]
     k = m.in_channels * m.kernel_size[0] * m.kernel_size[1]
     g3 = g.reshape(b, out, positions)                    # [B, out, L]
@@ -124,11 +149,10 @@ def _conv2d(m: nn.Conv2d, a: torch.Tensor, g: torch.Tensor) -> _LayerGradient:
     keep = not ghost and out * k <= a[0].numel() + g[0].numel()  # per-sample matrices are the smaller
     per_sample = g.new_empty(b, out, k) if keep else None
     weight_sq = g.new_empty(b)
-    channels_last = False
-    rows = max(1, _CHUNK_ELEMENTS // (k * positions))   # bounds the transient im2col memory
+    rows = max(1, _CHUNK_ELEMENTS // (k * positions))   # bounds the im2col memory
     for start in range(0, b, rows):
         part = slice(start, start + rows)
-        cols, channels_last = _im2col(m, a[part], g.shape[2:])   # [n, L, K]
+        cols = im2col(a[part], g.shape[2:])              # [n, L, K]; valid until the next call
         if ghost:  # ||g_b cols_b^T||^2 = <g_b^T g_b, cols_b cols_b^T>: two L x L Gram matrices
             gram = torch.bmm(g3[part].transpose(1, 2), g3[part])
             weight_sq[part] = (gram * torch.bmm(cols, cols.transpose(1, 2))).sum((1, 2))
@@ -142,7 +166,7 @@ def _conv2d(m: nn.Conv2d, a: torch.Tensor, g: torch.Tensor) -> _LayerGradient:
 
         def kept_sum(c: torch.Tensor) -> torch.Tensor:
             total = c @ flat
-            return total.view(out, kh, kw, -1).permute(0, 3, 1, 2) if channels_last else total
+            return total.view(out, kh, kw, -1).permute(0, 3, 1, 2) if im2col.channels_last else total
         return _per_sample_layer(m, weight_sq, kept_sum, g3.sum(2))
 
     def weight_sum(c: torch.Tensor) -> torch.Tensor:  # one ordinary weight gradient of the input
@@ -153,9 +177,10 @@ def _conv2d(m: nn.Conv2d, a: torch.Tensor, g: torch.Tensor) -> _LayerGradient:
 
 def _group_norm(m: nn.GroupNorm, a: torch.Tensor, g: torch.Tensor) -> _LayerGradient:
     b = a.shape[0]
-    normalised = F.group_norm(a, m.num_groups, eps=m.eps)
-    weight = (g * normalised).reshape(b, m.num_channels, -1).sum(2)   # [B, C]
-    return _materialised(m, weight, g.reshape(b, m.num_channels, -1).sum(2))
+    normalised = F.group_norm(a, m.num_groups, eps=m.eps).reshape(b * m.num_channels, 1, -1)
+    g3 = g.reshape(b * m.num_channels, -1, 1)
+    weight = torch.bmm(normalised, g3).view(b, m.num_channels)   # [B, C]: sum over positions, no product tensor
+    return _materialised(m, weight, g3.view(b, m.num_channels, -1).sum(2))
 
 
 def _embedding(m: nn.Embedding, ids: torch.Tensor, g: torch.Tensor) -> _LayerGradient:
@@ -177,11 +202,11 @@ def _embedding(m: nn.Embedding, ids: torch.Tensor, g: torch.Tensor) -> _LayerGra
     return _LayerGradient(sq, write)
 
 
-def _layer_gradient(m: nn.Module, a: torch.Tensor, g: torch.Tensor) -> _LayerGradient:
+def _layer_gradient(m: nn.Module, a: torch.Tensor, g: torch.Tensor, im2col: _Im2col | None) -> _LayerGradient:
     if isinstance(m, nn.Linear):
         return _linear(m, a, g)
-    if isinstance(m, nn.Conv2d):
-        return _conv2d(m, a, g)
+    if isinstance(m, nn.Conv2d) and im2col is not None:
+        return _conv2d(m, a, g, im2col)
     if isinstance(m, nn.GroupNorm):
         return _group_norm(m, a, g)
     return _embedding(m, a, g)
@@ -215,6 +240,8 @@ class BookkeepingClipper:
         self.per_sample_gradient_norms: torch.Tensor | None = None
         self._handles: list[RemovableHandle] = []
         self._params: list[nn.Parameter] = []
+        self._scratch: dict[str, torch.Tensor] = {}
+        self._im2col: dict[int, _Im2col] = {}
         covered: set[int] = set()
         for name, m in model.named_modules():
             own = [p for p in m.parameters(recurse=False) if p.requires_grad]
@@ -229,6 +256,8 @@ class BookkeepingClipper:
                 raise ValueError(f"grad_sample_mode 'bk' does not support tied parameters (layer {name})")
             covered.update(id(p) for p in own)
             self._params += own
+            if isinstance(m, nn.Conv2d):
+                self._im2col[id(m)] = _Im2col(m, self._scratch)
             self._handles.append(m.register_forward_hook(self._record))
         self._handles.append(model.register_forward_pre_hook(self._start_forward))
         self._start_forward(model, ())
@@ -254,7 +283,7 @@ class BookkeepingClipper:
                 raise RuntimeError(f"grad_sample_mode 'bk': an in-place operation changed the input of a "
                                    f"{type(module).__name__} layer after it ran; its per-sample gradients "
                                    "would be wrong (use out-of-place operations, or 'hooks')")
-            self._layers.append(_layer_gradient(module, a, g))
+            self._layers.append(_layer_gradient(module, a, g, self._im2col.get(id(module))))
         output.register_hook(on_output_grad)
         bias = getattr(module, "bias", None)
         self._anchors.append(bias if isinstance(module, _CHEAP_BIAS_GRADIENT) and _trainable(bias) else output)
@@ -281,5 +310,6 @@ class BookkeepingClipper:
     def close(self) -> None:
         for handle in self._handles:
             handle.remove()
-        self._handles = []
+        self._handles, self._im2col = [], {}
+        self._scratch.clear()
         self._start_forward(None, ())

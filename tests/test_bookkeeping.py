@@ -175,3 +175,24 @@ def test_an_in_place_change_of_a_layer_input_is_refused() -> None:
     loss = model(torch.randn(4, 3)).sum()
     with pytest.raises(RuntimeError, match="in-place operation changed the input of a Linear"):
         clipper.clipped_backward(loss, 4)
+
+
+def test_one_clipper_stays_exact_across_batch_sizes_and_partial_chunks() -> None:
+    """Reused im2col buffers: a larger batch after a smaller one, then a smaller one again, and
+    chunks of two samples with a partial last chunk (2 x 50 x 900 im2col values per chunk)."""
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Conv2d(2, 4, 5, padding=2), nn.GroupNorm(2, 4), nn.ReLU(),
+                          nn.Conv2d(4, 6, 3, stride=2), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(6, 1), nn.Flatten(0))
+    clipper = BookkeepingClipper(model, 0.5)
+    g = torch.Generator().manual_seed(2)
+    for size in (5, 9, 3):
+        x, y = torch.rand(size, 2, 30, 30, generator=g), (torch.arange(size) % 2).float()
+        true = _per_sample_loop(model, x, y)
+        model.zero_grad(set_to_none=True)
+        clipper.clipped_backward(nn.functional.binary_cross_entropy_with_logits(model(x), y), size)
+        assert torch.allclose(clipper.per_sample_gradient_norms, true.norm(dim=1), rtol=1e-4), size
+        expected = (true * (0.5 / (true.norm(dim=1) + 1e-6)).clamp(max=1.0)[:, None]).sum(0)
+        got = torch.cat([p.grad.flatten() for p in model.parameters()])
+        assert (got - expected).norm() <= 1e-4 * expected.norm(), size
+    clipper.close()
