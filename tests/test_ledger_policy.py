@@ -130,9 +130,65 @@ def test_budget_composes_across_runs_and_the_site_declines_rather_than_overspend
     assert max(s.lifetime_epsilon for s in ledger.spends()) <= policy.lifetime_epsilon
 
 
-def test_a_damaged_ledger_makes_the_site_decline_instead_of_training(small_sites: Path, tmp_path: Path) -> None:
-    (tmp_path / LEDGER_FILE).write_text("not json\n")
+@pytest.mark.parametrize("damage", ["not json", "truncated"])
+def test_a_damaged_ledger_makes_the_site_decline_instead_of_training(small_sites: Path, tmp_path: Path,
+                                                                     damage: str) -> None:
+    path = tmp_path / LEDGER_FILE
+    if damage == "not json":
+        path.write_text("not json\n")
+    else:
+        ledger = Ledger(path)
+        for i in range(2):
+            ledger.append(spend(i))
+        path.write_text(path.read_text().splitlines(keepends=True)[0])
     cfg = load_experiment(["rounds=2", "train.local_epochs=1"])
     with pytest.raises(RoundDeclined) as declined:
         train_round(_job(small_sites, cfg, tmp_path), "run-1", 1)
     assert declined.value.code == LEDGER_UNREADABLE
+
+
+def _three_spends(tmp_path: Path) -> tuple[Ledger, list[str]]:
+    ledger = Ledger(tmp_path / LEDGER_FILE)
+    copies = []
+    for i in range(3):
+        ledger.append(spend(i))
+        copies.append(ledger.path.read_text())
+    return ledger, copies
+
+
+def test_a_truncated_edited_deleted_or_older_ledger_is_refused(tmp_path: Path) -> None:
+    """The watermark beside the ledger: no lost or lowered record passes as a smaller spend."""
+    ledger, copies = _three_spends(tmp_path)
+    assert json.loads(ledger.watermark.read_text())["entries"] == 3
+    lines = copies[-1].splitlines(keepends=True)
+    damaged = {
+        "truncated": "".join(lines[:2]),
+        "older backup": copies[0],
+        "edited": copies[-1].replace('"run_epsilon": 1.0', '"run_epsilon": 0.1', 1),
+        "emptied": "",
+    }
+    for name, text in damaged.items():
+        ledger.path.write_text(text)
+        with pytest.raises(LedgerError, match="not the ones .* recorded"):
+            ledger.spends()
+        with pytest.raises(LedgerError):
+            ledger.append(spend(9))  # nothing is appended to a ledger that disagrees
+        assert ledger.path.read_text() == text, name
+    ledger.path.unlink()
+    with pytest.raises(LedgerError, match="missing, but .*records 3 spends"):
+        ledger.spends()
+    ledger.path.write_text(copies[-1])
+    assert [s.round for s in ledger.spends()] == [0, 1, 2]  # the true ledger, restored, reads again
+    ledger.watermark.write_text("{")
+    with pytest.raises(LedgerError, match="watermark.json: cannot be read"):
+        ledger.spends()
+
+
+def test_a_crash_between_the_ledger_and_its_watermark_loses_nothing(tmp_path: Path) -> None:
+    ledger, copies = _three_spends(tmp_path)
+    mark = ledger.watermark.read_text()
+    ledger.append(spend(3))
+    ledger.watermark.write_text(mark)  # as if killed after the ledger's rename, before the watermark's
+    assert [s.round for s in ledger.spends()] == [0, 1, 2, 3]  # one spend ahead: consistent
+    ledger.append(spend(4))
+    assert json.loads(ledger.watermark.read_text())["entries"] == 5
