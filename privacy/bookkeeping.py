@@ -226,13 +226,12 @@ class BookkeepingClipper:
     """Hooks a model's trainable layers; `clipped_backward` writes sum_b c_b g_b to each `.grad`.
 
     Every layer is processed inside the backward pass, by a hook on its output, as soon as its
-    output gradient exists (still in cache); what the clipped sum needs is kept until `write`
-    (per-sample matrices for small layers, else the input and output gradient, whichever is
-    smaller), everything else is released. Autograd is asked
-    for what makes the pass run through every layer at the least cost: a Linear or GroupNorm
-    layer's bias gradient (cheap, and the output gradient is freed as in a plain backward pass),
-    else the layer's output gradient (oneDNN's convolution backward computes the bias gradient
-    only together with the weight gradient).
+    output gradient exists (still in cache); what the clipped sum needs is kept until it is
+    written (per-sample matrices for small layers, else the input and output gradient, whichever
+    is smaller), everything else is released. Autograd is asked for what makes the pass run
+    through every layer at the least cost: a Linear or GroupNorm layer's bias gradient (cheap, and
+    the output gradient is freed as in a plain backward pass), else the layer's output gradient
+    (oneDNN's convolution backward computes a bias gradient only together with the weight one).
     """
 
     def __init__(self, model: nn.Module, max_grad_norm: float) -> None:
@@ -294,11 +293,14 @@ class BookkeepingClipper:
         if len(set(map(id, self._ran))) != len(self._ran):
             raise RuntimeError("grad_sample_mode 'bk': a layer ran twice in one forward pass; its per-sample "
                                "gradient would be a sum the clipper does not build (use 'hooks')")
+        for p in self._params:
+            p.grad = None
         # the gradient of the per-sample loss sum is, per sample, that sample's own gradient
         torch.autograd.grad(mean_loss * batch_size, self._anchors, allow_unused=True)
         layers = self._layers
         self._start_forward(None, ())
-        norms = torch.stack([layer.sq_norms for layer in layers]).sum(0).sqrt()
+        norms = (torch.stack([layer.sq_norms for layer in layers]).sum(0).sqrt() if layers
+                 else mean_loss.new_zeros(batch_size))
         factors = (self.max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
         for layer in layers:
             layer.write_clipped_sum(factors)

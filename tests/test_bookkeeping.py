@@ -111,6 +111,7 @@ def test_a_layer_whose_output_does_not_reach_the_loss_gets_a_zero_clipped_sum() 
             return self.used(x).squeeze(1)
 
     model = Unused()
+    model.unused.weight.grad = torch.ones(1, 3)  # stale: not this step's gradient
     x, y = torch.randn(4, 3), torch.ones(4)
     _, grads = _clipped(model, x, y, 1.0)
     assert model.unused.weight.grad is not None and not model.unused.weight.grad.any()
