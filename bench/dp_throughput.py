@@ -3,7 +3,7 @@
     python bench/dp_throughput.py [--threads 1] [--reps 7] [--steps 20] [--device cpu|cuda]
 
 Throughput: one process; synthetic tensors of the default config's shapes (Zipf-like token ids),
-Poisson batches drawn in advance from the real `privacy.engine.make_private` loader (q = 1/16 of
+Poisson batches drawn in advance from the real `privacy.dpsgd.engine.make_private` loader (q = 1/16 of
 N = 16 x batch, expected batch = train.batch_size), so no data loading is timed. Each repetition
 times every configuration on the same batches (rotating order, each preceded by --rewarm untimed
 steps so that the switch from another configuration is charged to none) and the DP/non-DP ratio
@@ -49,7 +49,7 @@ from configs.schema import ExperimentConfig  # noqa: E402
 from configs.validate import GRAD_SAMPLE_MODES  # noqa: E402
 from model.batch import ClinicalBatch  # noqa: E402
 from model.networks import build_model  # noqa: E402
-from privacy.engine import DPSettings, make_private  # noqa: E402
+from privacy.dpsgd.engine import DPSettings, make_private  # noqa: E402
 
 NON_DP = "non-DP"
 SIGMA, CLIP = 1.0, 1.0

@@ -3,6 +3,12 @@
 A site never sends exception text, paths or patient identifiers to the coordinator: failures
 are logged here, at the site, and the reply carries only a fixed code. A round the site's
 privacy policy declines is answered the same way, with the decline code (privacy.decline).
+The one exception is a configuration the site refuses (602): its reason names the field and the
+rule (a site-owned setting, or a limit), which is built from the coordinator's own request and
+the site's limits only, so the central team can fix the request.
+
+Codes: 601 site data unusable, 602 configuration refused, 603 internal error, 605 global weights
+refused (not the model's names/shapes/dtypes, or not finite), 701-705 declines (privacy.decline).
 """
 
 from __future__ import annotations
@@ -16,17 +22,25 @@ from flwr.clientapp import ClientApp
 from client.site_data import SiteDataError
 from client.site_round import SiteJob, evaluate_round, prepare, train_round
 from configs.parse import ConfigError
+from model.exchange import WeightsRefused
 from privacy.decline import REASONS, RoundDeclined
 
 app = ClientApp()
 log = logging.getLogger("fedclinic.site")
 
-ERROR_SITE_DATA, ERROR_CONFIG, ERROR_INTERNAL = 601, 602, 603
+ERROR_SITE_DATA, ERROR_CONFIG, ERROR_INTERNAL, ERROR_WEIGHTS = 601, 602, 603, 605
+MAX_REASON = 300
 
 
 def _job(msg: Message, context: Context) -> SiteJob:
     weights = {k: v.numpy() for k, v in msg.content.array_records["arrays"].items()}
     return prepare(str(context.run_config.get("overrides", "")), dict(context.node_config), weights)
+
+
+def _server_round(msg: Message) -> int:
+    config = msg.content.config_records.get("config")
+    value = config.get("server-round", 0) if config is not None else 0
+    return int(value) if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def _reply(msg: Message, site: str, metrics: dict[str, float], arrays: ArrayRecord | None = None) -> Message:
@@ -47,8 +61,11 @@ def _guarded(handler: Callable[[Message, Context], Message]) -> Callable[[Messag
             log.error("site data problem: %s", exc)
             code, reason = ERROR_SITE_DATA, "site data unusable; see the site log"
         except ConfigError as exc:
-            log.error("configuration problem: %s", exc)
-            code, reason = ERROR_CONFIG, "configuration rejected by the site; see the site log"
+            log.error("configuration refused: %s", exc)
+            code, reason = ERROR_CONFIG, f"configuration rejected by the site: {exc}"[:MAX_REASON]
+        except WeightsRefused as exc:
+            log.error("global weights refused: %s", exc)
+            code, reason = ERROR_WEIGHTS, "global weights refused by the site: not the model's, or not finite"
         except Exception:  # the site must never crash or leak; details stay in its log
             log.exception("unexpected failure")
             code, reason = ERROR_INTERNAL, "internal error at the site; see the site log"
@@ -65,7 +82,7 @@ def train(msg: Message, context: Context) -> Message:
     ε reported covers every round of this run so far; the site's ledger records it before release.
     """
     job = _job(msg, context)
-    server_round = int(msg.content.config_records["config"].get("server-round", 0))  # type: ignore[arg-type]
+    server_round = _server_round(msg)
     weights, metrics = train_round(job, str(context.run_id), server_round)
     arrays = ArrayRecord({k: Array(v) for k, v in weights.items()})
     return _reply(msg, job.site.name, metrics, arrays)
@@ -74,6 +91,7 @@ def train(msg: Message, context: Context) -> Message:
 @app.evaluate()
 @_guarded
 def evaluate(msg: Message, context: Context) -> Message:
-    """Validation of the global weights on this site's held-out patients."""
+    """Validation of the global weights on this site's held-out patients (a DP release by default)."""
     job = _job(msg, context)
-    return _reply(msg, job.site.name, evaluate_round(job))
+    server_round = _server_round(msg)
+    return _reply(msg, job.site.name, evaluate_round(job, str(context.run_id), server_round))

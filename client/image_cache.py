@@ -35,12 +35,14 @@ Hash memo: re-reading and re-hashing every source file on every round would cost
     mtime (cp -p, rsync -t, tar), so mtime-preserving rewrites are still caught. To close the
     same-tick window, a file whose mtime or ctime is within RECENT_S (2 s) of now (or in the
     future) when it is hashed is not memoised: a file still being written is re-hashed next time.
-    Memo entries of deleted or moved files are not pruned (nor are cache entries); removing
-    <cache_dir>/memo at any time only costs one re-hash per file.
+    Removing <cache_dir>/memo at any time only costs one re-hash per file.
+Quota: entries are pruned by client.cache_quota.prune_cache, least recently used first (a hit
+    refreshes its mtime), memo entries last, never those of the current load (`used=` -> `keep`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -231,10 +233,16 @@ def _read_entry(path: Path, size: int) -> np.ndarray | str | None:
         payload = path.read_bytes()
     except OSError:
         return None
-    return parse_entry(payload, size)
+    found = parse_entry(payload, size)
+    if found is not None:  # a hit: refresh the mtime, client.cache_quota's LRU clock
+        with contextlib.suppress(OSError, NotImplementedError):  # read-only: only costs speed
+            os.utime(path, follow_symlinks=False)
+    return found
 
 
-def _write_entry(path: Path, payload: bytes) -> None:
+def _write_entry(path: Path, payload: bytes, used: set[Path] | None) -> None:
+    if used is not None:
+        used.add(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         write_atomic(path, payload, mode=0o600)
@@ -256,9 +264,11 @@ def _lookup(cache_dir: Path, digest: str, size: int, window: tuple[float, float]
 
 
 def load_image_cached(path: Path, *, cache_dir: Path, size: int,
-                      window: tuple[float, float] | None, frame_policy: str = "middle") -> np.ndarray:
+                      window: tuple[float, float] | None, frame_policy: str = "middle",
+                      used: set[Path] | None = None) -> np.ndarray:
     """`read_image(path, ...)`, served from `cache_dir` when this content was seen before.
 
+    `used` (if given) gets the path of the entry read or written (none for a transient reason).
     Raises UnusableImage (cached too) exactly as read_image does.
     """
     check_arguments(size, window, frame_policy)
@@ -279,6 +289,8 @@ def load_image_cached(path: Path, *, cache_dir: Path, size: int,
             _remember(memo_dir, path, st, fresh)
         if fresh != digest:
             entry, cached = _lookup(cache_dir, fresh, size, window, frame_policy)
+    if cached is not None and used is not None:
+        used.add(entry)
     if isinstance(cached, str):
         raise UnusableImage(cached)
     if cached is not None:
@@ -288,7 +300,7 @@ def load_image_cached(path: Path, *, cache_dir: Path, size: int,
                  else image_from_bytes(data, size=size, window=window, frame_policy=frame_policy))
     except UnusableImage as bad:
         if bad.reason not in TRANSIENT_REASONS:
-            _write_entry(entry, REASON_TAG + bad.reason.encode("utf-8"))
+            _write_entry(entry, REASON_TAG + bad.reason.encode("utf-8"), used)
         raise
-    _write_entry(entry, image_payload(image))
+    _write_entry(entry, image_payload(image), used)
     return image

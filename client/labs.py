@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from client.report_shapes import shareable_code, shareable_unit
 from configs.schema import LabFeature, LocalLabCode
 
 LAB_COLUMNS = ("patient_id", "code", "value", "unit", "time")
@@ -21,7 +22,8 @@ LAB_COLUMNS = ("patient_id", "code", "value", "unit", "time")
 
 @dataclass
 class LabCounts:
-    """Aggregate counts of what happened to lab rows (no values, no patient ids)."""
+    """Aggregate counts of what happened to lab rows (no values, no patient ids; codes and units
+    only where they have the expected shape: client/report_shapes.py)."""
 
     used: int = 0
     dropped: Counter[str] = field(default_factory=Counter)
@@ -29,12 +31,13 @@ class LabCounts:
     unknown_codes: Counter[str] = field(default_factory=Counter)
 
 
-def _unit_factor(unit: str, conversions: Mapping[str, float]) -> float | None:
-    """Exact unit match, else a case-insensitive match if it is unambiguous (UCUM is case-sensitive)."""
+def _unit_factor(unit: str, conversions: Mapping[str, float]) -> tuple[str, float] | None:
+    """(catalogue spelling, factor): an exact unit match, else a case-insensitive match if it is
+    unambiguous (UCUM is case-sensitive)."""
     if unit in conversions:
-        return conversions[unit]
+        return unit, conversions[unit]
     folded = [u for u in conversions if u.lower() == unit.lower()]
-    return conversions[folded[0]] if len(folded) == 1 else None
+    return (folded[0], conversions[folded[0]]) if len(folded) == 1 else None
 
 
 def _within_window(rows: pd.DataFrame, index_time: pd.Series, hours: float | None, counts: LabCounts
@@ -51,7 +54,7 @@ def _within_window(rows: pd.DataFrame, index_time: pd.Series, hours: float | Non
 
 
 def _canonical(rows: pd.DataFrame, feature: LabFeature, extra: Mapping[str, Mapping[str, float]],
-               counts: LabCounts) -> pd.DataFrame:
+               counts: LabCounts, units: frozenset[str]) -> pd.DataFrame:
     values = pd.to_numeric(rows["value"], errors="coerce")
     text_bad = values.isna() & ~rows["value"].str.lower().isin(["nan", "inf", "-inf", "infinity"])
     counts.dropped["non-numeric value"] += int(text_bad.sum())
@@ -60,13 +63,13 @@ def _canonical(rows: pd.DataFrame, feature: LabFeature, extra: Mapping[str, Mapp
     ok = ~(text_bad | non_finite)
     factors = pd.Series(np.nan, index=rows.index)
     for (code, unit), idx in rows[ok].groupby(["code", "unit"]).groups.items():
-        factor = _unit_factor(unit, {**feature.conversions, **extra.get(code, {})})
-        if factor is None:
-            counts.dropped[f"unknown unit {unit!r} for {code}"] += len(idx)
+        match = _unit_factor(unit, {**feature.conversions, **extra.get(code, {})})
+        if match is None:
+            counts.dropped[f"unit not convertible for {code} ({shareable_unit(unit, units)})"] += len(idx)
         else:
-            factors[idx] = factor
-            if unit != feature.unit:
-                counts.converted[f"{code}: {unit} -> {feature.unit}"] += len(idx)
+            spelling, factors[idx] = match
+            if spelling != feature.unit:
+                counts.converted[f"{code}: {spelling} -> {feature.unit}"] += len(idx)
     canonical = values * factors
     ok &= factors.notna()
     implausible = ok & ((canonical < feature.low) | (canonical > feature.high))
@@ -85,7 +88,7 @@ def _prepare(labs: pd.DataFrame, index: Mapping[str, int], features: tuple[LabFe
     labs = labs[~dupes]
     feature_of = {f.code: f.code for f in features} | {c.code: c.feature for c in local}
     known = labs["code"].isin(feature_of)
-    counts.unknown_codes.update(labs.loc[~known, "code"].tolist())
+    counts.unknown_codes.update(shareable_code(code) for code in labs.loc[~known, "code"].tolist())
     counts.dropped["code not configured (register site codes in site.yaml)"] += int((~known).sum())
     labs = labs[known].assign(feature=lambda f: f["code"].map(feature_of),
                               time=lambda f: pd.to_datetime(f["time"], errors="coerce", utc=True, format="ISO8601"))
@@ -105,8 +108,9 @@ def lab_matrix(labs: pd.DataFrame, patient_ids: list[str], features: tuple[LabFe
     if index_time is not None:
         rows = _within_window(rows, index_time, window_hours, counts)
     extra = {c.code: c.conversions for c in local}
+    units = frozenset(u for f in features for u in f.conversions) | frozenset(u for c in local for u in c.conversions)
     for j, feature in enumerate(features):
-        usable = _canonical(rows[rows["feature"] == feature.code], feature, extra, counts)
+        usable = _canonical(rows[rows["feature"] == feature.code], feature, extra, counts, units)
         latest = usable.sort_values("time", kind="stable").groupby("patient_id", sort=False).tail(1)
         counts.used += len(latest)
         rows_idx = latest["patient_id"].map(index).to_numpy(dtype=np.int64)

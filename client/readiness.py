@@ -17,6 +17,9 @@ from client.site_file import read_site_file
 from configs.schema import DataConfig, SiteFileConfig
 from privacy.accountant import epsilon_spent
 from privacy.ledger import LEDGER_FILE, Ledger, LedgerError
+from privacy.policy import account
+
+PRV_MIN_DELTA = 1e-12  # below this, Opacus' PRV accountant often cannot compute: RDP reports instead
 
 MIN_TRAIN_PATIENTS = 50
 
@@ -57,22 +60,56 @@ def _warnings(arrays: SiteArrays, report: LoadReport, min_validation: int) -> li
 
 
 def privacy_status(site: SiteSettings, site_file: SiteFileConfig) -> dict[str, Any]:
-    """The dataset's lifetime account from the site's own ledger (LedgerError if unreadable)."""
+    """The dataset's lifetime account from the site's own ledger (LedgerError if it cannot be trusted).
+
+    Every spend in the ledger counts, whatever key it was recorded under, unless site.yaml's
+    privacy.unrelated_datasets says those were other patients; the keys counted are listed.
+    """
     policy = site_file.policy
     dataset = policy.dataset_id or site.name
-    history = Ledger(site.state_dir / LEDGER_FILE).history(dataset)
-    spent = epsilon_spent(history, policy.lifetime_delta, "prv")
+    acct = account(Ledger(site.state_dir / LEDGER_FILE, site.mark_dir).spends(), dataset=dataset, run_id="",
+                   policy=policy)
+    history = [s.use for s in acct.lifetime]
+    spent = max(epsilon_spent(history, policy.lifetime_delta, policy.accountant, magnitude=acct.recorded_lifetime),
+                acct.recorded_lifetime)
     return {"dataset": dataset, "policy": "site.yaml" if site_file.privacy else "built-in default",
-            "lifetime_epsilon_cap": policy.lifetime_epsilon, "lifetime_delta": policy.lifetime_delta,
-            "lifetime_epsilon_spent": spent, "remaining": max(0.0, policy.lifetime_epsilon - spent),
-            "rounds_recorded": len(history)}
+            "accountant": policy.accountant, "lifetime_epsilon_cap": policy.lifetime_epsilon,
+            "lifetime_delta": policy.lifetime_delta, "lifetime_epsilon_spent": spent,
+            "remaining": max(0.0, policy.lifetime_epsilon - spent), "rounds_recorded": len(acct.lifetime),
+            "other_keys_counted": acct.others, "validation_release": site_file.validation.release}
+
+
+def _privacy_warnings(site_file: SiteFileConfig, privacy: dict[str, Any]) -> list[str]:
+    out = []
+    if site_file.privacy is None:
+        out.append(f"no privacy policy in site.yaml: the built-in default applies (lifetime ε "
+                   f"{privacy['lifetime_epsilon_cap']:g}); ask your privacy officer to set one")
+    if privacy["remaining"] <= 0:
+        out.append("the dataset's lifetime privacy budget is spent: the site will decline every round")
+    if privacy["other_keys_counted"]:
+        out.append(f"the ledger also holds spends under {len(privacy['other_keys_counted'])} other dataset "
+                   "key(s); they count toward this dataset's lifetime budget (list keys of other patients in "
+                   "site.yaml privacy.unrelated_datasets)")
+    if site_file.validation.release == "exact":
+        out.append("validation.release is exact: the site sends exact validation metrics, which are not DP; "
+                   "keep it only if you trust the coordinator with them")
+    if site_file.policy.accountant == "prv" and site_file.policy.lifetime_delta < PRV_MIN_DELTA:
+        out.append(f"privacy.lifetime_delta {site_file.policy.lifetime_delta:g} is below what the PRV accountant "
+                   f"computes reliably ({PRV_MIN_DELTA:g}); ε is then reported with RDP, a valid but looser bound")
+    return out
 
 
 def check_site(site: SiteSettings, data: DataConfig) -> Readiness:
-    """Load the site exactly as training would (warming the cache) and judge it."""
+    """Load the site exactly as training would (warming the cache) and judge it.
+
+    `data`: the requested data configuration (the released catalogue plus the recipe's image size
+    and note settings); what the data means comes from the site's own site.yaml.
+    """
     try:
         site_file = read_site_file(site.site_file, data, required=site.site_file_explicit)
-        arrays, report = load_site(site.data_dir, data, cache_dir=site.cache_dir, site_file=site_file)
+        own = dataclasses.replace(site_file.data or data, image_size=data.image_size,
+                                  note_buckets=data.note_buckets, note_max_tokens=data.note_max_tokens)
+        arrays, report = load_site(site.data_dir, own, cache_dir=site.cache_dir, site_file=site_file)
         privacy = privacy_status(site, site_file)
     except (SiteDataError, LedgerError) as exc:
         return Readiness(site.name, False, _relative(str(exc), site), (), None)
@@ -82,12 +119,7 @@ def check_site(site: SiteSettings, data: DataConfig) -> Readiness:
         reason = "no labelled patient has a usable image, lab result or note"
     elif train == 0:
         reason = "no patient falls in the training split; add patients or lower validation.fraction in site.yaml"
-    warnings = _warnings(arrays, report, site_file.validation.min_patients)
-    if site_file.privacy is None:
-        warnings.append(f"no privacy policy in site.yaml: the built-in default applies (lifetime ε "
-                        f"{privacy['lifetime_epsilon_cap']:g}); ask your privacy officer to set one")
-    if privacy["remaining"] <= 0:
-        warnings.append("the dataset's lifetime privacy budget is spent: the site will decline every round")
+    warnings = [*_warnings(arrays, report, site_file.validation.min_patients), *_privacy_warnings(site_file, privacy)]
     return Readiness(site.name, reason is None, reason, tuple(warnings) if reason is None else (),
                      report, train, val, privacy)
 

@@ -15,7 +15,7 @@ SECTIONS = (
     ("quarantined_images", "quarantined image files, by reason"),
     ("lab_rows_dropped", "lab rows dropped, by reason"),
     ("unit_conversions", "unit conversions applied (rows)"),
-    ("unknown_lab_codes", "unknown lab codes (register them in site.yaml)"),
+    ("unknown_lab_codes", "unknown lab codes (register site codes in site.yaml lab_codes)"),
     ("note_problems", "notes not used"),
     ("table_problems", "table files with problems"),
 )
@@ -44,9 +44,11 @@ def render(r: Readiness, console: Console) -> None:
     console.print("files: " + ", ".join(f"{k}: {v or 'absent'}" for k, v in rep.tables.items()))
     if r.privacy:
         p = r.privacy
-        console.print(f"privacy: dataset {p['dataset']} ({p['policy']} policy): lifetime ε "
-                      f"{p['lifetime_epsilon_spent']:.3f} spent of {p['lifetime_epsilon_cap']:g}, "
-                      f"remaining {p['remaining']:.3f} over {p['rounds_recorded']} recorded rounds", soft_wrap=True)
+        console.print(f"privacy: dataset {p['dataset']} ({p['policy']} policy, {p['accountant']} accountant): "
+                      f"lifetime ε {p['lifetime_epsilon_spent']:.3f} spent of {p['lifetime_epsilon_cap']:g}, "
+                      f"remaining {p['remaining']:.3f} over {p['rounds_recorded']} recorded releases; "
+                      f"validation metrics released {'with DP' if p['validation_release'] == 'dp' else 'EXACT'}",
+                      soft_wrap=True)
     for attr, title in SECTIONS:
         counts = getattr(rep, attr)
         if counts:

@@ -1,9 +1,11 @@
 """Who this site is and where its files live, from the SuperNode's node config.
 
-Deployed: node config `data-path` (required), `site-name`, `state-dir`, `site-config` (optional).
-Simulation: virtual site `partition-id` serves the partition-id-th site folder under data.root.
-The state folder (cache, accountant state) defaults to <parent>/.fedclinic-state/<site folder>;
-the site-owned configuration file defaults to <site folder>/site.yaml.
+Deployed: node config `data-path` (required), `site-name`, `state-dir`, `site-config`,
+`ledger-mark-dir` (optional). Simulation: virtual site `partition-id` serves the partition-id-th
+site folder under data.root. The state folder (cache, privacy ledger) defaults to
+<parent>/.fedclinic-state/<site folder>; the site-owned configuration file defaults to
+<site folder>/site.yaml; the ledger's high-water marks live outside the state folder
+(privacy.ledger_marks.default_mark_dir(): FEDCLINIC_LEDGER_MARK_DIR, else ~/.local/state/...).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from client.site_data_errors import SiteDataError
+from privacy.ledger_marks import default_mark_dir
 
 SITE_FILE = "site.yaml"
 
@@ -26,6 +29,7 @@ class SiteSettings:
     state_dir: Path
     site_file: Path
     site_file_explicit: bool = False  # named in the node config: it must exist
+    mark_dir: Path | None = None      # the ledger's high-water marks (None: the default store)
 
     @property
     def cache_dir(self) -> Path:
@@ -54,9 +58,11 @@ def site_settings(node_config: Mapping[str, object], data_root: str | None) -> S
         name = str(node_config.get("site-name", data_dir.name))
         state = node_config.get("state-dir")
         site_file = node_config.get("site-config")
+        marks = node_config.get("ledger-mark-dir")
         return SiteSettings(name, data_dir, Path(str(state)).resolve() if state else _default_state(data_dir),
                             Path(str(site_file)).resolve() if site_file else data_dir / SITE_FILE,
-                            site_file_explicit=bool(site_file))
+                            site_file_explicit=bool(site_file),
+                            mark_dir=Path(str(marks)).expanduser().resolve() if marks else default_mark_dir())
     if "partition-id" in node_config:
         if not data_root:
             raise SiteDataError("simulation needs data.root (a folder of site folders)")
@@ -65,6 +71,6 @@ def site_settings(node_config: Mapping[str, object], data_root: str | None) -> S
         if count != len(sites):
             raise SiteDataError(f"{count} virtual sites but {len(sites)} site folders under {data_root}")
         return SiteSettings(sites[index].name, sites[index], _default_state(sites[index]),
-                            sites[index] / SITE_FILE)
+                            sites[index] / SITE_FILE, mark_dir=default_mark_dir())
     raise SiteDataError("node config has no data-path: start the SuperNode with "
                         "--node-config 'data-path=\"/path/to/site\"'")

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from client.cache_quota import prune_cache
 from client.dicom_image import UnusableImage
 from client.image_cache import load_image_cached
 from client.labels import read_labels
@@ -62,22 +63,29 @@ class LoadReport:
     table_problems: Counter[str] = field(default_factory=Counter)
 
 
-def _images(site: Path, ids: list[str], cfg: DataConfig, cache_dir: Path, report: LoadReport
-            ) -> tuple[np.ndarray, np.ndarray]:
+def _images(site: Path, ids: list[str], cfg: DataConfig, cache_dir: Path, report: LoadReport,
+            cache_bytes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every patient's preprocessed image (through the cache), then the cache pruned to its quota,
+    least recently used entries first and never those of this load."""
     out = np.zeros((len(ids), cfg.image_size, cfg.image_size), dtype=np.float32)
     present = np.zeros(len(ids), dtype=bool)
     paths, report.manifest_problems, table = image_paths(site, set(ids))
     report.tables["manifest"] = table.name if table else None
     window = None if cfg.window_center is None else (cfg.window_center, cfg.window_width or 1.0)
+    used: set[Path] = set()
     for i, pid in enumerate(ids):
         if pid not in paths:
             continue
         try:
             out[i] = load_image_cached(paths[pid], cache_dir=cache_dir, size=cfg.image_size,
-                                       window=window, frame_policy=cfg.frame_policy)
+                                       window=window, frame_policy=cfg.frame_policy, used=used)
             present[i] = True
         except UnusableImage as bad:
             report.quarantined_images[bad.reason] += 1
+    try:
+        prune_cache(cache_dir, max_bytes=cache_bytes, keep=used)
+    except OSError:
+        pass  # a cache that cannot be pruned only costs disk; the limits check bounds one load's entries
     return out, present
 
 
@@ -100,13 +108,14 @@ def _table(site: Path, stem: str, columns: tuple[str, ...], report: LoadReport) 
 
 def load_site(site: Path, cfg: DataConfig, *, cache_dir: Path, site_file: SiteFileConfig | None = None
               ) -> tuple[SiteArrays, LoadReport]:
-    """Decode (through the per-file cache) and preprocess a whole site."""
+    """Decode (through the per-file cache, kept within site.yaml's limits.cache_mb) and preprocess a whole site."""
     if not site.is_dir():
         raise SiteDataError(f"{site}: site folder does not exist or is not a folder")
     labels = read_labels(site)
     ids = labels.patient_ids
     report = LoadReport(patients=len(ids), positives=int(labels.label.sum()), label_problems=labels.problems)
-    image, has_image = _images(site, ids, cfg, cache_dir, report)
+    quota = (site_file or SiteFileConfig()).limits.cache_mb << 20
+    image, has_image = _images(site, ids, cfg, cache_dir, report, quota)
     labs_frame = _table(site, "labs", LAB_COLUMNS, report)
     labs, lab_mask, counts = lab_matrix(labs_frame, ids, cfg.labs, local=(site_file or SiteFileConfig()).lab_codes,
                                         index_time=labels.index_time, window_hours=cfg.lab_window_hours)

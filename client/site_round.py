@@ -1,36 +1,41 @@
-"""One site's work for one message, in plain Python: config, data, model, DP round, metrics.
+"""One site's work for one message, in plain Python: config, data, model, a DP release, metrics.
 
-The site's privacy ledger, not Flower's per-run state, is the authority on what was spent: the
-noise multiplier of a run, its history and the dataset's lifetime history are all read from it.
+The site's privacy ledger is the authority on what was spent: the noise multiplier of a run, its
+history and the dataset's lifetime history are all read from it. Every release (a DP-SGD round,
+a DP release of validation metrics) is admitted against the ledger and recorded in it, under its
+lock, BEFORE the computation whose result leaves the site; the noise is planned outside the lock.
 
 client/app.py converts Flower records to and from these types; nothing here imports flwr.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-import logging
 from datetime import datetime, timezone
 
 import numpy as np
 import torch
 
+from client.labels import read_labels
+from client.recipe import check_data_limits, site_experiment
 from client.site import SiteSettings, site_settings
-from client.site_data import SiteArrays, load_site
+from client.site_data import SiteArrays, SiteDataError, load_site
 from client.site_file import read_site_file
 from client.trainer import evaluate, pick_device, split_dataset, train_dp
+from client.validation_release import binned_metrics, dp_release, exact_release
 from configs.load import load_experiment, split_overrides
+from configs.parse import ConfigError
 from configs.schema import ExperimentConfig, SiteFileConfig
-from model.exchange import load_numpy_state, state_to_numpy
-from model.networks import FusionModel, build_model
-from privacy.accountant import MechanismUse, epsilon_spent
-from privacy.decline import EVAL_TOO_SMALL, LEDGER_UNREADABLE, RoundDeclined
-from privacy.engine import DPSettings
-from privacy.ledger import LEDGER_FILE, Ledger, LedgerError, Spend
-from privacy.planning import plan_noise, steps_per_epoch
-from privacy.policy import Terms, admit, tighten
-
+from model.exchange import check_weights, load_numpy_state, state_to_numpy
+from model.networks import FusionModel, activation_bytes, build_model
+from privacy.accountant import MechanismUse
+from privacy.decline import EVAL_LIMIT, EVAL_TOO_SMALL, LEDGER_UNREADABLE, LIFETIME_BUDGET, RoundDeclined
+from privacy.dpsgd.engine import DPSettings, os_seeded_generator
+from privacy.ledger import EVALUATE, LEDGER_FILE, TRAIN, Ledger, LedgerError, Spend
+from privacy.planning import BudgetExhausted, LifetimeBudget, plan_noise, steps_per_epoch
+from privacy.policy import Account, Projection, Terms, account, admit, project, tighten
 
 log = logging.getLogger("fedclinic.site")
 
@@ -39,88 +44,179 @@ log = logging.getLogger("fedclinic.site")
 class SiteJob:
     """Everything a handler needs, resolved once per message."""
 
-    cfg: ExperimentConfig
+    cfg: ExperimentConfig       # what the site runs: the recipe within its limits, its own data meaning
     site: SiteSettings
     site_file: SiteFileConfig
     arrays: SiteArrays
     model: FusionModel
     device: torch.device
 
+    @property
+    def terms(self) -> Terms:
+        return tighten(self.cfg.privacy, self.site_file.policy)
+
+    @property
+    def dataset(self) -> str:
+        return self.site_file.policy.dataset_id or self.site.name
+
+    def ledger(self) -> Ledger:
+        return Ledger(self.site.state_dir / LEDGER_FILE, self.site.mark_dir)
+
 
 def prepare(overrides: str, node_config: Mapping[str, object], weights: Mapping[str, np.ndarray]) -> SiteJob:
-    """Compose the config, resolve the site, load (cached) data and the global weights."""
-    cfg = load_experiment(split_overrides(overrides))
-    site = site_settings(node_config, cfg.data.root)
+    """Check the request against the site's ownership and limits (before allocating anything),
+    then load the (cached) site data and the global weights.
+
+    Raises ConfigError (602), SiteDataError (601) or model.exchange.WeightsRefused.
+    """
+    items = split_overrides(overrides)
+    requested, released = load_experiment(items), load_experiment([])
+    site = site_settings(node_config, requested.data.root)
+    site_file = read_site_file(site.site_file, released.data, required=site.site_file_explicit)
+    cfg = site_experiment(requested, released, site_file, [item.partition("=")[0] for item in items])
+    check_weights(weights, _model(cfg, device="meta").state_dict())
+    check_data_limits(cfg, site_file.limits, patients=len(read_labels(site.data_dir).patient_ids))
+    if cfg.train.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device: cuda requested, but this site has no CUDA device", field="train.device")
     torch.set_num_threads(cfg.train.num_threads)
-    site_file = read_site_file(site.site_file, cfg.data, required=site.site_file_explicit)
+    torch.set_flush_denormal(True)  # no slow path a crafted model could trigger for one patient's values
     arrays, _ = load_site(site.data_dir, cfg.data, cache_dir=site.cache_dir, site_file=site_file)
-    model = build_model(cfg.model, num_labs=len(cfg.data.labs), note_buckets=cfg.data.note_buckets,
-                        seed=cfg.seed)
+    model = _model(cfg)
     load_numpy_state(model, weights)
     return SiteJob(cfg, site, site_file, arrays, model, pick_device(cfg.train.device))
 
 
-def _round_use(job: SiteJob, num_examples: int, terms: Terms, run: list[MechanismUse]) -> MechanismUse:
-    """This round's mechanism: the run's noise multiplier (planned once, on its first round)."""
-    t = job.cfg.train
-    q = 1.0 / steps_per_epoch(num_examples, t.batch_size)
-    steps = steps_per_epoch(num_examples, t.batch_size) * t.local_epochs
-    if run:
-        return MechanismUse(run[0].noise_multiplier, q, steps)
-    plan = plan_noise(num_examples=num_examples, batch_size=t.batch_size, local_epochs=t.local_epochs,
-                      rounds=job.cfg.rounds, target_epsilon=terms.run_epsilon, delta=terms.delta,
-                      accountant=terms.accountant)
-    return MechanismUse(max(plan.noise_multiplier, terms.min_noise_multiplier), q, steps)
+def _model(cfg: ExperimentConfig, device: str | None = None) -> FusionModel:
+    if device is None:
+        return build_model(cfg.model, num_labs=len(cfg.data.labs), note_buckets=cfg.data.note_buckets, seed=cfg.seed)
+    with torch.device(device):
+        return FusionModel(cfg.model, num_labs=len(cfg.data.labs), note_buckets=cfg.data.note_buckets)
 
 
-def _spends(ledger: Ledger, dataset: str, run_id: str) -> tuple[list[MechanismUse], list[MechanismUse]]:
+def _account(job: SiteJob, ledger: Ledger, run_id: str) -> Account:
     try:
-        spends = [s for s in ledger.spends() if s.dataset == dataset]
+        spends = ledger.spends()
     except LedgerError as exc:
         raise RoundDeclined(LEDGER_UNREADABLE, str(exc)) from exc
-    return [s.use for s in spends if s.run_id == run_id], [s.use for s in spends]
+    return account(spends, dataset=job.dataset, run_id=run_id, policy=job.site_file.policy)
+
+
+def _planned_evaluations(job: SiteJob, acct: Account) -> list[MechanismUse]:
+    """The DP validation releases still to come in this run (one per round, within the site's cap)."""
+    v = job.site_file.validation
+    if v.release != "dp" or job.cfg.strategy.fraction_evaluate <= 0:
+        return []
+    done = sum(1 for s in acct.run if s.kind == EVALUATE)
+    remaining = min(job.cfg.rounds, v.max_per_run) - done
+    return [MechanismUse(v.noise_multiplier, 1.0, remaining)] if remaining > 0 else []
+
+
+def _run_noise(job: SiteJob, acct: Account, num_examples: int) -> float:
+    """The run's noise multiplier: recorded at its first round, else planned now for the whole run
+    (its rounds, its planned evaluations, and what the lifetime budget still allows)."""
+    planned = next((s.noise_multiplier for s in acct.run if s.kind == TRAIN), None)
+    if planned is not None:
+        return planned
+    t, terms, policy = job.cfg.train, job.terms, job.site_file.policy
+    try:
+        plan = plan_noise(num_examples=num_examples, batch_size=t.batch_size, local_epochs=t.local_epochs,
+                          rounds=job.cfg.rounds, target_epsilon=terms.run_epsilon, delta=terms.delta,
+                          accountant=terms.accountant, prior=[s.use for s in acct.run],
+                          extra=_planned_evaluations(job, acct),
+                          lifetime=LifetimeBudget([s.use for s in acct.lifetime], policy.lifetime_delta,
+                                                  policy.lifetime_epsilon),
+                          min_noise_multiplier=terms.min_noise_multiplier)
+    except BudgetExhausted as exc:
+        raise RoundDeclined(LIFETIME_BUDGET, str(exc)) from exc
+    return plan.noise_multiplier
+
+
+def _record(job: SiteJob, ledger: Ledger, run_id: str, server_round: int, kind: str, use: MechanismUse,
+            admitted: Projection) -> None:
+    policy, terms = job.site_file.policy, job.terms
+    ledger.append(Spend(job.dataset, run_id, server_round, use.noise_multiplier, use.sample_rate, use.steps,
+                        terms.delta, admitted.run_epsilon, admitted.lifetime_epsilon, policy.lifetime_delta,
+                        policy.lifetime_epsilon, terms.accountant,
+                        datetime.now(timezone.utc).isoformat(timespec="seconds"), kind=kind))
+
+
+def _admit_and_record(job: SiteJob, ledger: Ledger, run_id: str, server_round: int, kind: str,
+                      use: MechanismUse) -> tuple[Projection, MechanismUse]:
+    """Under the ledger's lock: re-read, admit (or decline), record. Nothing has left the site yet.
+    Returns the projection and the mechanism recorded (a run's first round fixes its noise)."""
+    with ledger.locked():
+        acct = _account(job, ledger, run_id)
+        if kind == TRAIN:  # a concurrent message of this run may have fixed its noise meanwhile
+            recorded = next((s.noise_multiplier for s in acct.run if s.kind == TRAIN), use.noise_multiplier)
+            use = MechanismUse(recorded, use.sample_rate, use.steps)
+        elif sum(1 for s in acct.run if s.kind == EVALUATE) >= job.site_file.validation.max_per_run:
+            raise RoundDeclined(EVAL_LIMIT, f"{job.site_file.validation.max_per_run} evaluations already released")
+        admitted = admit(use, acct, terms=job.terms, policy=job.site_file.policy)
+        _record(job, ledger, run_id, server_round, kind, use, admitted)
+    return admitted, use
 
 
 def train_round(job: SiteJob, run_id: str, server_round: int) -> tuple[dict[str, np.ndarray], dict[str, float]]:
-    """One local DP round, admitted by the site policy and recorded in the ledger before release.
+    """One local DP round, admitted by the site policy and recorded in the ledger before it runs.
 
-    Raises RoundDeclined when the round would overspend; the ledger is then unchanged.
+    Raises RoundDeclined when the round would overspend (the ledger is then unchanged).
     """
-    cfg, data, policy = job.cfg, split_dataset(job.arrays, validation=False), job.site_file.policy
-    terms = tighten(cfg.privacy, policy)
-    dataset = policy.dataset_id or job.site.name
-    ledger = Ledger(job.site.state_dir / LEDGER_FILE)
-    with ledger.locked():
-        run, lifetime = _spends(ledger, dataset, run_id)
-        use = _round_use(job, len(data), terms, run)
-        projected = admit(use, run=run, lifetime=lifetime, terms=terms, policy=policy)
-        settings = DPSettings(use.noise_multiplier, terms.max_grad_norm, terms.accountant, cfg.privacy.grad_sample_mode)
-        outcome = train_dp(job.model, data, cfg=cfg.train, dp=settings, prior=run, device=job.device)
-        spent = MechanismUse(use.noise_multiplier, use.sample_rate, outcome.steps)
-        run_eps, life_eps = projected.run_epsilon, projected.lifetime_epsilon
-        if spent != use:  # Poisson loaders take a fixed number of steps, so this is a safety net
-            run_eps = epsilon_spent([*run, spent], terms.delta, terms.accountant)
-            life_eps = epsilon_spent([*lifetime, spent], policy.lifetime_delta, terms.accountant)
-        ledger.append(Spend(dataset, run_id, server_round, spent.noise_multiplier, spent.sample_rate, spent.steps,
-                            terms.delta, run_eps, life_eps, policy.lifetime_delta, policy.lifetime_epsilon,
-                            terms.accountant,
-                            datetime.now(timezone.utc).isoformat(timespec="seconds")))
+    cfg, data = job.cfg, split_dataset(job.arrays, validation=False)
+    if len(data) == 0:
+        raise SiteDataError("no patient falls in the training split; add patients or lower "
+                            "validation.fraction in site.yaml")
+    per_epoch = steps_per_epoch(len(data), cfg.train.batch_size)
+    use = MechanismUse(0.0, 1.0 / per_epoch, per_epoch * cfg.train.local_epochs)
+    ledger = job.ledger()
+    sigma = _run_noise(job, _account(job, ledger, run_id), len(data))  # planned outside the lock
+    admitted, use = _admit_and_record(job, ledger, run_id, server_round, TRAIN,
+                                      MechanismUse(sigma, use.sample_rate, use.steps))
+    sigma = use.noise_multiplier
+    settings = DPSettings(sigma, job.terms.max_grad_norm, job.terms.accountant, cfg.privacy.grad_sample_mode)
+    outcome = train_dp(job.model, data, cfg=cfg.train, dp=settings, prior=[], device=job.device)
+    if outcome.steps != use.steps:  # the recorded spend covers exactly the planned steps
+        raise RuntimeError(f"took {outcome.steps} DP steps, {use.steps} were recorded; nothing is released")
     # The training loss is a non-DP statistic of the training data: it stays at the site (log).
     log.info("round %s: mean training loss %.4f over %s steps", server_round, outcome.loss, outcome.steps)
-    metrics = {"num-examples": outcome.num_examples, "epsilon": run_eps,
-               "delta": terms.delta, "lifetime-epsilon": life_eps, "noise-multiplier": use.noise_multiplier,
-               "steps": outcome.steps}
+    metrics = {"num-examples": per_epoch * cfg.train.batch_size, "epsilon": admitted.run_epsilon,
+               "delta": job.terms.delta, "lifetime-epsilon": admitted.lifetime_epsilon,
+               "noise-multiplier": sigma, "steps": outcome.steps}
     return state_to_numpy(job.model), metrics
 
 
-def evaluate_round(job: SiteJob) -> dict[str, float]:
-    """Validation metrics of the global model on this site's held-out patients.
+def _evaluation_batch(job: SiteJob) -> int:
+    """Patients per evaluation forward pass: at most 256, and within the site's batch memory limit."""
+    per_patient = activation_bytes(job.cfg.model, image_size=job.cfg.data.image_size,
+                                   note_tokens=job.cfg.data.note_max_tokens)
+    return max(1, min(256, (job.site_file.limits.max_batch_memory_mb << 20) // per_patient))
 
-    These metrics are not DP; the site reports them only over at least `min_patients` patients.
-    """
+
+def evaluate_round(job: SiteJob, run_id: str, server_round: int) -> dict[str, float | list[float]]:
+    """Validation of the global weights on the site's held-out patients, released as a histogram
+    of scores per outcome class: with DP (noised, admitted and recorded first) unless the site's
+    policy trusts the coordinator with exact metrics (validation.release: exact)."""
+    v = job.site_file.validation
     data = split_dataset(job.arrays, validation=True)
-    if len(data) < job.site_file.validation.min_patients:
-        raise RoundDeclined(EVAL_TOO_SMALL, f"{len(data)} held-out patients < {job.site_file.validation.min_patients}")
-    outcome = evaluate(job.model, data, device=job.device)
-    return {"eval-loss": outcome.loss, "auroc": outcome.auroc if outcome.auroc is not None else 0.0,
-            "auroc-defined": int(outcome.auroc is not None), "num-examples": outcome.num_examples}
+    if len(data) < v.min_patients:
+        raise RoundDeclined(EVAL_TOO_SMALL, f"{len(data)} held-out patients < {v.min_patients}")
+    ledger = job.ledger()
+    if v.release == "dp":
+        admitted, _ = _admit_and_record(job, ledger, run_id, server_round, EVALUATE,
+                                        MechanismUse(v.noise_multiplier, 1.0, 1))
+    else:
+        admitted = project(MechanismUse(1.0, 0.0, 0), _account(job, ledger, run_id), terms=job.terms,
+                           policy=job.site_file.policy)
+    outcome = evaluate(job.model, data, device=job.device, batch_size=_evaluation_batch(job))
+    if v.release == "dp":
+        release = dp_release(outcome.labels, outcome.probabilities, noise_multiplier=v.noise_multiplier,
+                             generator=os_seeded_generator(torch.device("cpu")))
+        binned = binned_metrics(release)
+        auroc, loss, patients, auroc_std = binned.auroc, binned.loss, binned.patients, binned.auroc_std
+    else:
+        release = exact_release(outcome.labels, outcome.probabilities)
+        auroc, loss, patients, auroc_std = outcome.auroc, outcome.loss, outcome.num_examples, 0.0
+    return {"eval-loss": float(loss) if loss is not None and np.isfinite(loss) else 0.0, "auroc": auroc if auroc is not None else 0.0,
+            "auroc-defined": int(auroc is not None), "num-examples": patients,
+            "metrics-dp": int(v.release == "dp"), "noise-std": release.noise_std, "auroc-std": auroc_std,
+            "histogram-positive": list(release.positives), "histogram-negative": list(release.negatives),
+            "epsilon": admitted.run_epsilon, "lifetime-epsilon": admitted.lifetime_epsilon}

@@ -16,7 +16,7 @@ from client.site_data import SiteArrays
 from configs.schema import TrainConfig
 from model.batch import ClinicalBatch
 from privacy.accountant import MechanismUse
-from privacy.engine import DPSettings, make_private
+from privacy.dpsgd.engine import DPSettings, make_private
 
 
 @dataclass(frozen=True)
@@ -31,11 +31,14 @@ class TrainOutcome:
 
 @dataclass(frozen=True)
 class EvalOutcome:
-    """Validation of a global model on the site's held-out split."""
+    """Validation of a global model on the site's held-out split (exact: never released as such
+    unless the site's policy trusts the coordinator; see client/validation_release.py)."""
 
     loss: float
     auroc: float | None
     num_examples: int
+    labels: np.ndarray          # [N] 0/1
+    probabilities: np.ndarray   # [N] predicted probability of the outcome (NaN where the logit is NaN)
 
 
 def split_dataset(arrays: SiteArrays, *, validation: bool) -> TensorDataset:
@@ -103,7 +106,10 @@ def evaluate(model: nn.Module, data: TensorDataset, *, device: torch.device, bat
         scores.append(logits.cpu().numpy())
     n = len(data)
     if n == 0:
-        return EvalOutcome(float("nan"), None, 0)
-    return EvalOutcome(total / n, auroc(np.concatenate(labels), np.concatenate(scores)), n)
+        return EvalOutcome(float("nan"), None, 0, np.zeros(0, np.float32), np.zeros(0, np.float32))
+    y, logits = np.concatenate(labels), np.concatenate(scores)
+    probabilities = 1.0 / (1.0 + np.exp(-np.clip(logits.astype(np.float64), -700, 700)))
+    probabilities[np.isnan(logits)] = np.nan
+    return EvalOutcome(total / n, auroc(y, np.nan_to_num(logits, nan=0.0)), n, y, probabilities)
 
 

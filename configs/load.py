@@ -11,6 +11,7 @@ from hydra.errors import HydraException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from configs.overrides import check_overrides
 from configs.parse import ConfigError, parse_dataclass
 from configs.schema import ExperimentConfig
 from configs.validate import validate_experiment
@@ -26,12 +27,11 @@ def split_overrides(text: str) -> list[str]:
 def compose_raw(overrides: Sequence[str] = ()) -> dict[str, object]:
     """Compose config.yaml + overrides into a plain, resolved mapping.
 
-    Overrides are values, never expressions: an interpolation (`${...}`) could read the site's
-    environment or files when a site composes the coordinator's overrides.
+    Overrides are values on an allow-list of keys (configs.overrides), never expressions or
+    paths: a site composes the coordinator's overrides, so an interpolation (`${...}`), a search
+    path or a group option naming a file would reach into the site's environment and disk.
     """
-    for item in overrides:
-        if "${" in item:
-            raise ConfigError(f"override {item!r}: interpolations (${{...}}) are not accepted")
+    check_overrides(overrides, schema=ExperimentConfig, config_dir=CONFIG_DIR)
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
             cfg = compose(config_name="config", overrides=list(overrides))

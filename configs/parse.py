@@ -12,7 +12,16 @@ T = TypeVar("T")
 
 
 class ConfigError(ValueError):
-    """A configuration value is missing, unknown or of the wrong type."""
+    """A configuration value is missing, unknown, of the wrong type or out of bounds.
+
+    `field` names the offending key (dotted path) when one is known. The message is built only
+    from configuration values and site limits, never from patient data, so a site may return it
+    to the coordinator that sent the configuration.
+    """
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field if field is not None else message.partition(":")[0].strip()
 
 
 def parse_dataclass(cls: type[T], raw: Any, path: str = "") -> T:

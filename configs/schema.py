@@ -125,21 +125,45 @@ class LocalLabCode:
 class PrivacyPolicy:
     """The site's privacy promise for one dataset; it can only tighten what the coordinator asks."""
 
-    dataset_id: str | None = None          # ledger key; default: the site name
+    dataset_id: str | None = None          # ledger key written with each spend; default: the site name
     lifetime_epsilon: float = 10.0         # total over every run on this dataset
     lifetime_delta: float = 1e-5
     run_epsilon: float | None = None       # per-run ceiling (null: the coordinator's target)
     min_noise_multiplier: float = 0.5
     max_grad_norm: float | None = None     # largest clipping norm accepted (null: any)
+    accountant: str = "prv"                # prv | rdp: calibrates sigma and reports every epsilon
+    # Ledger keys whose spends were on OTHER patients: they do not count toward this lifetime.
+    # Every other key found in the ledger (an old site name, say) is counted.
+    unrelated_datasets: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class ValidationSplit:
-    """The site's held-out patients: owned by the site so the coordinator cannot pick them."""
+    """The site's held-out patients and what it releases about them (never the coordinator's choice)."""
 
     fraction: float = 0.2
     seed: int = 0
-    min_patients: int = 20     # fewer held-out patients: the site refuses to report metrics
+    min_patients: int = 20         # fewer held-out patients: the site refuses to report metrics
+    release: str = "dp"            # dp: noised, accounted metrics | exact: only where the site trusts the coordinator
+    noise_multiplier: float = 5.0  # std of the Gaussian noise on each count of a DP metrics release
+    max_per_run: int = 50          # evaluation requests answered per run; further ones are declined
+
+
+@dataclass(frozen=True)
+class SiteLimits:
+    """The most a coordinator may ask of this site; a request beyond any of them is refused (602)."""
+
+    max_rounds: int = 1000
+    max_local_epochs: int = 100
+    max_steps_per_run: int = 10000       # rounds x local_epochs x ceil(patients / batch_size)
+    max_image_size: int = 512
+    max_note_buckets: int = 1 << 20
+    max_note_tokens: int = 4096
+    max_model_parameters: int = 20_000_000
+    max_threads: int | None = None       # null: the machine's CPU count
+    max_data_memory_mb: int = 4096       # the site's arrays (images: patients x size^2 x 4 bytes, twice)
+    max_batch_memory_mb: int = 4096      # activations of one expected Poisson batch
+    cache_mb: int = 4096                 # preprocessing cache quota (least recently used entries go first)
 
 
 @dataclass(frozen=True)
@@ -149,6 +173,10 @@ class SiteFileConfig:
     lab_codes: tuple[LocalLabCode, ...] = ()
     privacy: PrivacyPolicy | None = None  # None: no policy written; the built-in PrivacyPolicy() applies
     validation: ValidationSplit = field(default_factory=ValidationSplit)
+    limits: SiteLimits = field(default_factory=SiteLimits)
+    # What the data means: the released catalogue (configs/data) with site.yaml's `data:` section
+    # applied (window, frame policy, lab window). Set by client.site_file.read_site_file.
+    data: DataConfig | None = None
 
     @property
     def policy(self) -> PrivacyPolicy:

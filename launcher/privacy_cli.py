@@ -29,10 +29,31 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     report.add_argument("ledger", type=Path, help="the site's privacy-ledger.jsonl")
     report.add_argument("--plot", type=Path, help="write an HTML page with ε over rounds against the cap")
     report.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    report.add_argument("--mark-dir", type=Path, help="the site's ledger high-water mark store "
+                        "(default: FEDCLINIC_LEDGER_MARK_DIR, else ~/.local/state/fedclinic/ledger-marks)")
+    adopt = privacy.add_parser("adopt", help="record a ledger as it is now as its high-water mark (after moving "
+                               "a site, or for a ledger written before marks existed)")
+    adopt.add_argument("ledger", type=Path, help="the site's privacy-ledger.jsonl")
+    adopt.add_argument("--mark-dir", type=Path, help="the site's ledger high-water mark store (as for report)")
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
+    if args.privacy_command == "adopt":
+        return _adopt(args, console)
     return _plan(args, console) if args.privacy_command == "plan" else _report(args, console)
+
+
+def _adopt(args: argparse.Namespace, console: Console) -> int:
+    """A privacy officer's deliberate decision: the ledger as it is now becomes its high-water mark."""
+    from privacy.ledger import Ledger
+    if not args.ledger.is_file():
+        raise ValueError(f"{args.ledger}: no such ledger (a site keeps it in its state folder)")
+    ledger = Ledger(args.ledger, args.mark_dir)
+    adopted = ledger.adopt()
+    console.print(f"adopted {adopted} recorded spends of {args.ledger} as its high-water mark in "
+                  f"{ledger.marks.folder}; the site will refuse any shorter or different ledger from now on",
+                  soft_wrap=True, highlight=False)
+    return 0
 
 
 def _plan(args: argparse.Namespace, console: Console) -> int:
@@ -63,7 +84,7 @@ def _report(args: argparse.Namespace, console: Console) -> int:
     from privacy.ledger_report import report_html, report_json, summarise
     if not args.ledger.is_file():
         raise ValueError(f"{args.ledger}: no such ledger (a site keeps it in its state folder)")
-    datasets = summarise(Ledger(args.ledger).spends())
+    datasets = summarise(Ledger(args.ledger, args.mark_dir).spends())
     if args.json:
         print(json.dumps(report_json(datasets, GUARANTEE), indent=2))
     for d in [] if args.json else datasets:

@@ -95,3 +95,24 @@ def build_model(cfg: ModelConfig, *, num_labs: int, note_buckets: int, seed: int
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return FusionModel(cfg, num_labs=num_labs, note_buckets=note_buckets)
+
+
+def count_parameters(cfg: ModelConfig, *, num_labs: int, note_buckets: int) -> int:
+    """The number of parameters `build_model` would create, computed without allocating them
+    (the model is built on PyTorch's "meta" device, which holds shapes only)."""
+    with torch.device("meta"):
+        model = FusionModel(cfg, num_labs=num_labs, note_buckets=note_buckets)
+    return sum(p.numel() for p in model.parameters())
+
+
+def activation_bytes(cfg: ModelConfig, *, image_size: int, note_tokens: int) -> int:
+    """An estimate of the float32 bytes one patient's forward and backward pass keeps alive
+    during DP training: the image, each conv block's output (stride 2; conv, GroupNorm and ReLU
+    outputs plus their gradients) and the note embeddings (with gradients). Used to refuse a
+    recipe whose expected batch would not fit the site's memory, before anything is allocated."""
+    floats, side = image_size * image_size, image_size
+    for channels in cfg.image_channels:
+        side = (side + 1) // 2
+        floats += 6 * channels * side * side
+    floats += 2 * note_tokens * cfg.note_dim
+    return 4 * floats

@@ -9,12 +9,14 @@ LIFETIME_BUDGET = 701
 RUN_BUDGET = 702
 LEDGER_UNREADABLE = 703
 EVAL_TOO_SMALL = 704
+EVAL_LIMIT = 705
 
 REASONS = {
     LIFETIME_BUDGET: "declined: the round would exceed the site's lifetime privacy budget",
     RUN_BUDGET: "declined: the round would exceed the site's per-run privacy ceiling",
     LEDGER_UNREADABLE: "declined: the site's privacy ledger is unreadable; it will not train until fixed",
     EVAL_TOO_SMALL: "declined: too few held-out patients to report validation metrics",
+    EVAL_LIMIT: "declined: the site's limit of evaluation requests per run is reached",
 }
 
 

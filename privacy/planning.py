@@ -1,11 +1,20 @@
-"""Noise planned once for a site's whole run: rounds x local epochs of Poisson-sampled steps."""
+"""Noise planned once for a site's whole run: rounds x local epochs of Poisson-sampled steps, the
+run's other releases (DP validation metrics), and what the dataset's lifetime budget still allows."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from privacy.accountant import calibrate_noise
+from privacy.accountant import calibrate_noise, epsilon_spent, fit_sigma
+from privacy.mechanism import MechanismUse
+
+MAX_NOISE_MULTIPLIER = 100.0  # beyond this a round teaches the model nothing: the budget is spent
+
+
+class BudgetExhausted(ArithmeticError):
+    """No noise multiplier lets the planned run fit the remaining budget."""
 
 
 @dataclass(frozen=True)
@@ -18,20 +27,66 @@ class NoisePlan:
     planned_steps: int
 
 
+@dataclass(frozen=True)
+class LifetimeBudget:
+    """The dataset's lifetime account: the spends that count, its delta and its cap."""
+
+    history: Sequence[MechanismUse]
+    delta: float
+    cap: float
+
+
 def steps_per_epoch(num_examples: int, batch_size: int) -> int:
     """Opacus' Poisson loader: len(loader) = ceil(N / B) steps, sample rate 1 / that."""
     if num_examples < 1:
         raise ValueError("cannot plan DP training on an empty training split")
+    if batch_size < 1:
+        raise ValueError(f"the expected batch size must be >= 1 (got {batch_size})")
     return math.ceil(num_examples / batch_size)
 
 
 def plan_noise(*, num_examples: int, batch_size: int, local_epochs: int, rounds: int,
-               target_epsilon: float, delta: float, accountant: str) -> NoisePlan:
-    """Calibrate sigma so that all planned rounds together spend at most target_epsilon."""
+               target_epsilon: float, delta: float, accountant: str, prior: Sequence[MechanismUse] = (),
+               extra: Sequence[MechanismUse] = (), lifetime: LifetimeBudget | None = None,
+               min_noise_multiplier: float = 0.0) -> NoisePlan:
+    """Calibrate sigma so that all planned rounds, with what the run already released (`prior`)
+    and its planned `extra` releases, spend at most target_epsilon at `delta`, and (if given)
+    keep the lifetime account (whose history includes `prior`) within its cap.
+
+    Raises BudgetExhausted when even MAX_NOISE_MULTIPLIER would not fit (the extra releases or the
+    lifetime history already use the budget), ValueError for an empty split or a bad batch size.
+    """
     per_epoch = steps_per_epoch(num_examples, batch_size)
     sample_rate = 1.0 / per_epoch
     per_round = per_epoch * local_epochs
     planned = per_round * rounds
-    sigma = calibrate_noise(target_epsilon=target_epsilon, delta=delta, sample_rate=sample_rate,
-                            steps=planned, accountant=accountant)
+    try:
+        sigma = calibrate_noise(target_epsilon=target_epsilon, delta=delta, sample_rate=sample_rate,
+                                steps=planned, accountant=accountant, extra=[*prior, *extra])
+    except ArithmeticError as exc:
+        raise BudgetExhausted(str(exc)) from exc
+    sigma = max(sigma, min_noise_multiplier)
+    if lifetime is not None:
+        run = MechanismUse(sigma, sample_rate, planned)
+        sigma = _fit_lifetime(run, extra, lifetime, accountant)
     return NoisePlan(sigma, sample_rate, per_round, planned)
+
+
+def _fit_lifetime(run: MechanismUse, extra: Sequence[MechanismUse], budget: LifetimeBudget,
+                  accountant: str) -> float:
+    """The smallest sigma >= run's (to 0.2 %) with which the whole run fits the lifetime cap;
+    BudgetExhausted when even MAX_NOISE_MULTIPLIER does not."""
+    def history(sigma: float) -> list[MechanismUse]:
+        return [*budget.history, MechanismUse(sigma, run.sample_rate, run.steps), *extra]
+
+    def fits(sigma: float) -> bool:
+        return epsilon_spent(history(sigma), budget.delta, accountant, magnitude=budget.cap) <= budget.cap
+
+    if fits(run.noise_multiplier):
+        return run.noise_multiplier
+    if not fits(MAX_NOISE_MULTIPLIER):
+        raise BudgetExhausted(f"the dataset's lifetime budget (epsilon {budget.cap}) leaves room only for noise "
+                              f"multipliers above {MAX_NOISE_MULTIPLIER:g}: no useful run fits")
+    sigma = fit_sigma(history, delta=budget.delta, epsilon=budget.cap, accountant=accountant,
+                      start=run.noise_multiplier, ceiling=MAX_NOISE_MULTIPLIER)
+    return max(sigma, run.noise_multiplier)

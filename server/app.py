@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
+import numpy as np
+
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
@@ -17,6 +19,7 @@ from server.evaluation import SiteEvaluation
 from server.recorder import RunRecorder, SiteTraining
 from server.run_folder import CONFIG, SHARED, SUMMARY, create_run_folder, save_checkpoint
 from server.summary import build_summary
+from server.update_check import update_problem
 from storage.atomic import write_atomic, write_json
 
 app = ServerApp()
@@ -40,11 +43,29 @@ class RecordingFedAvg(FedAvg):
     def __init__(self, recorder: RunRecorder, run_dir: Path, **kwargs: float | int) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self.recorder, self.run_dir = recorder, run_dir
+        self.sent: dict[str, np.ndarray] | None = None  # the global model of the current round
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+                        ) -> Iterable[Message]:
+        self.sent = {k: v.numpy() for k, v in arrays.items()}
+        return super().configure_train(server_round, arrays, config, grid)
+
+    def _valid(self, server_round: int, replies: list[Message]) -> list[Message]:
+        """Replies whose update can be averaged; the others are recorded as rejected, with why."""
+        valid = []
+        for m in replies:
+            problem = None if m.has_error() or "arrays" not in m.content.array_records else update_problem(
+                {k: v.numpy() for k, v in m.content.array_records["arrays"].items()}, self.sent)
+            if problem is None:
+                valid.append(m)
+            else:
+                self.recorder.rejected(server_round, _site(m, self.recorder), problem)
+        return valid
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        replies = list(replies)
-        arrays, metrics = super().aggregate_train(server_round, replies)
+        replies = self._valid(server_round, list(replies))
+        arrays, metrics = super().aggregate_train(server_round, replies) if replies else (None, None)
         ok = [m for m in replies if not m.has_error()]
         declined = {m.metadata.src_node_id: m.error.code for m in replies
                     if m.has_error() and m.error.code in DECLINE_REASONS}
@@ -60,8 +81,11 @@ class RecordingFedAvg(FedAvg):
         replies = list(replies)
         ok, _ = self._check_and_log_replies(replies, is_train=False)
         evals = [SiteEvaluation(_site(m, self.recorder), float(_metrics(m)["auroc"]) if _metrics(m)["auroc-defined"] else None,
-                                float(_metrics(m)["eval-loss"]), int(_metrics(m)["num-examples"])) for m in ok]
-        result = self.recorder.evaluated(server_round, evals, failures=len(replies) - len(ok))
+                                float(_metrics(m)["eval-loss"]), int(_metrics(m)["num-examples"]),
+                                float(_metrics(m)["epsilon"]), bool(_metrics(m)["metrics-dp"]),
+                                float(_metrics(m)["auroc-std"])) for m in ok]
+        declined = sum(1 for m in replies if m.has_error() and m.error.code in DECLINE_REASONS)
+        result = self.recorder.evaluated(server_round, evals, failures=len(replies) - len(ok) - declined)
         values = {"auroc": result.auroc, "loss": result.loss}
         return MetricRecord({k: float(v) for k, v in values.items() if v is not None}) if ok else None
 

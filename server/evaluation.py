@@ -14,6 +14,9 @@ class SiteEvaluation:
     auroc: float | None
     loss: float
     num_examples: int
+    epsilon: float | None = None   # the site's run epsilon after this release
+    dp: bool = True                # False: the site's policy released exact (non-DP) metrics
+    auroc_std: float = 0.0         # std of the site's AUROC due to its DP noise (0: exact)
 
 
 @dataclass(frozen=True)
@@ -24,6 +27,7 @@ class GlobalEvaluation:
     loss: float | None
     num_examples: int
     sites: int
+    auroc_std: float = 0.0   # std of the weighted AUROC due to the sites' DP noise
 
 
 def _weighted(pairs: Sequence[tuple[float, int]]) -> float | None:
@@ -33,6 +37,9 @@ def _weighted(pairs: Sequence[tuple[float, int]]) -> float | None:
 
 def aggregate(evals: Sequence[SiteEvaluation]) -> GlobalEvaluation:
     """AUROC is weighted by validation size over sites where it is defined."""
-    auroc = _weighted([(e.auroc, e.num_examples) for e in evals if e.auroc is not None])
+    defined = [e for e in evals if e.auroc is not None]
+    auroc = _weighted([(e.auroc, e.num_examples) for e in defined])  # type: ignore[misc]
     loss = _weighted([(e.loss, e.num_examples) for e in evals])
-    return GlobalEvaluation(auroc, loss, sum(e.num_examples for e in evals), len(evals))
+    total = sum(e.num_examples for e in defined)
+    std = (sum((e.num_examples * e.auroc_std) ** 2 for e in defined) ** 0.5 / total) if total > 0 else 0.0
+    return GlobalEvaluation(auroc, loss, sum(e.num_examples for e in evals), len(evals), std)

@@ -32,13 +32,16 @@ class RoundRecord:
     training: list[SiteTraining] = field(default_factory=list)
     train_failures: int = 0
     declined: dict[int, int] = field(default_factory=dict)  # node id -> decline code
+    rejected: dict[str, str] = field(default_factory=dict)  # site -> why its update was not averaged
     evaluation: GlobalEvaluation | None = None
     site_evals: list[SiteEvaluation] = field(default_factory=list)
     eval_failures: int = 0
 
     @property
     def max_epsilon(self) -> float | None:
-        return max((t.epsilon for t in self.training), default=None)
+        """The largest run epsilon any site reported this round (training or a DP evaluation)."""
+        values = [t.epsilon for t in self.training] + [e.epsilon for e in self.site_evals if e.epsilon is not None]
+        return max(values, default=None)
 
 
 class RunRecorder:
@@ -73,6 +76,12 @@ class RunRecorder:
         record.training, record.train_failures = list(sites), failures
         record.declined = dict(declined or {})
 
+    def rejected(self, number: int, site: str, reason: str) -> None:
+        """A site's update that was left out of the average (it counts as a failure)."""
+        self._round(number).rejected[site] = reason
+        self.console.print(f"round {number}: the update of {site} was left out: {reason}", soft_wrap=True,
+                           highlight=False)
+
     def site_name(self, node_id: int) -> str:
         return self.names.get(node_id, f"node-{node_id}")
 
@@ -92,8 +101,9 @@ class RunRecorder:
             table.add_column(name, justify="right")
         for r in sorted(self.rounds.values(), key=lambda r: r.round):
             ev = r.evaluation
-            table.add_row(str(r.round), _fmt(ev.auroc if ev else None), _fmt(ev.loss if ev else None),
-                          _fmt(r.max_epsilon, 2), str(len(r.declined)), str(r.train_failures + r.eval_failures))
+            table.add_row(str(r.round), _auroc(ev), _fmt(ev.loss if ev else None),
+                          _fmt(r.max_epsilon, 2), str(len(r.declined)),
+                          str(r.train_failures + r.eval_failures + len(r.rejected)))
         return table
 
     def last_site_values(self) -> Mapping[str, dict[str, float | int | None]]:
@@ -104,7 +114,11 @@ class RunRecorder:
                 sites.setdefault(t.site, {"auroc": None}).update(
                     epsilon=t.epsilon, delta=t.delta, lifetime_epsilon=t.lifetime_epsilon, num_train=t.num_examples)
             for e in r.site_evals:
-                sites.setdefault(e.site, {"epsilon": None, "delta": None, "num_train": None})["auroc"] = e.auroc
+                site = sites.setdefault(e.site, {"epsilon": None, "delta": None, "num_train": None})
+                site["auroc"] = e.auroc
+                site["validation_metrics"] = "dp" if e.dp else "exact (not DP: the site trusts the coordinator)"
+                if e.epsilon is not None:
+                    site["epsilon"] = max(e.epsilon, site.get("epsilon") or 0.0)
         return sites
 
 
@@ -112,9 +126,16 @@ def _fmt(value: float | None, digits: int = 3) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def _auroc(ev: GlobalEvaluation | None) -> str:
+    """The AUROC with the spread its DP noise gives it (about ±1 standard deviation)."""
+    if ev is None or ev.auroc is None:
+        return "-"
+    return _fmt(ev.auroc) + (f" ±{ev.auroc_std:.3f}" if ev.auroc_std > 0 else "")
+
+
 def _round_line(r: RoundRecord, total: int) -> str:
     ev = r.evaluation
-    return (f"round {r.round}/{total}: AUROC {_fmt(ev.auroc if ev else None)}  "
+    return (f"round {r.round}/{total}: AUROC {_auroc(ev)}  "
             f"loss {_fmt(ev.loss if ev else None)}  max ε {_fmt(r.max_epsilon, 2)}  "
             f"sites {len(r.training)} trained, {len(r.declined)} declined, "
-            f"{r.train_failures + r.eval_failures} failed")
+            f"{r.train_failures + r.eval_failures + len(r.rejected)} failed")

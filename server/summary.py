@@ -16,9 +16,11 @@ def build_summary(cfg: ExperimentConfig, recorder: RunRecorder, run_id: str) -> 
     rounds = []
     for r in sorted(recorder.rounds.values(), key=lambda r: r.round):
         ev = r.evaluation
-        rounds.append({"round": r.round, "auroc": ev.auroc if ev else None, "loss": ev.loss if ev else None,
+        rounds.append({"round": r.round, "auroc": ev.auroc if ev else None, "auroc_std": ev.auroc_std if ev else None,
+                       "loss": ev.loss if ev else None,
                        "max_epsilon": r.max_epsilon, "sites_trained": len(r.training),
-                       "sites_declined": len(r.declined), "site_failures": r.train_failures + r.eval_failures})
+                       "sites_declined": len(r.declined),
+                       "site_failures": r.train_failures + r.eval_failures + len(r.rejected)})
     evaluated = [r for r in rounds if r["auroc"] is not None]
     return {
         "run_id": run_id,
@@ -27,7 +29,7 @@ def build_summary(cfg: ExperimentConfig, recorder: RunRecorder, run_id: str) -> 
         "final_auroc": evaluated[-1]["auroc"] if evaluated else None,
         "target_epsilon": cfg.privacy.target_epsilon,
         "target_delta": cfg.privacy.target_delta,
-        "accountant": cfg.privacy.accountant,
+        "accountant": "each site's own (site.yaml privacy.accountant; default prv)",
         "privacy_guarantee": GUARANTEE,
         "checkpoint": "global_model.pt",
     }
@@ -41,4 +43,7 @@ def _sites(recorder: RunRecorder) -> dict[str, dict[str, Any]]:
             site = sites.setdefault(recorder.site_name(node), {"epsilon": None, "delta": None, "auroc": None})
             site.setdefault("declined_rounds", []).append(r.round)
             site["decline_reason"] = DECLINE_REASONS.get(code, f"code {code}")
+        for name, reason in r.rejected.items():
+            site = sites.setdefault(name, {"epsilon": None, "delta": None, "auroc": None})
+            site.setdefault("rejected_updates", []).append({"round": r.round, "reason": reason})
     return sites

@@ -256,8 +256,10 @@ CORPUS: tuple[BadInput, ...] = (
     BadInput("lab value text", _labs_row(value="pending"), counted=("lab_rows_dropped", "non-numeric value")),
     BadInput("lab value empty", _labs_row(value=""), counted=("lab_rows_dropped", "non-numeric value")),
     BadInput("lab unknown unit", _labs_row(code="2345-7", unit="mg/dl%", value="100"),
-             counted=("lab_rows_dropped", "unknown unit 'mg/dl%' for 2345-7")),
-    BadInput("lab unknown code", _labs_row(code="XYZ-123"), counted=("unknown_lab_codes", "XYZ-123")),
+             counted=("lab_rows_dropped", "unit not convertible for 2345-7 (a unit that is not in the catalogue)")),
+    BadInput("lab unknown code", _labs_row(code="XYZ-123"),
+             counted=("unknown_lab_codes", "a code that is not LOINC-shaped")),  # free text is never repeated
+    BadInput("lab unknown LOINC code", _labs_row(code="2093-3"), counted=("unknown_lab_codes", "2093-3")),
     BadInput("lab implausible value", _labs_row(code="2345-7", unit="mg/dL", value="99999"),
              counted=("lab_rows_dropped", "implausible value for 2345-7")),
     BadInput("lab duplicate row", _dupe_row("labs.csv", 0), counted=("lab_rows_dropped", "duplicate row")),
@@ -271,7 +273,7 @@ CORPUS: tuple[BadInput, ...] = (
                                         "['patient_id', 'code', 'value', 'unit', 'time'] (table ignored)"),
              combinable=False),
     BadInput("site.yaml with a NaN budget", _write("site.yaml", "privacy:\n  lifetime_epsilon: .nan\n"),
-             fatal="site.yaml: privacy.lifetime_epsilon must be a finite number > 0"),
+             fatal="site.yaml: privacy.lifetime_epsilon must be in (0, 100]"),
     BadInput("site.yaml maps to an unconfigured feature", _local_code_to_unknown_feature,
              fatal="site.yaml: lab_codes[0].feature '9999-9' is not a configured lab feature"),
     # notes

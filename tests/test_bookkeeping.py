@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from privacy.bookkeeping import BookkeepingClipper
+from privacy.dpsgd.bookkeeping import BookkeepingClipper
 
 
 class _Tokens(nn.Module):
@@ -197,3 +197,66 @@ def test_one_clipper_stays_exact_across_batch_sizes_and_partial_chunks() -> None
         got = torch.cat([p.grad.flatten() for p in model.parameters()])
         assert (got - expected).norm() <= 1e-4 * expected.norm(), size
     clipper.close()
+
+
+def _weight_sum_convs() -> nn.Module:
+    """Convs whose clipped sums come from input x output gradient (torch.nn.grad.conv2d_weight over
+    the whole batch), not from kept per-sample matrices: the first takes the im2col norm branch,
+    the second the Gram-matrix ("ghost") norm branch."""
+    torch.manual_seed(2)
+    return nn.Sequential(nn.Conv2d(16, 56, 3, padding=1), nn.ReLU(), nn.Conv2d(56, 32, 3, stride=2, padding=1),
+                         nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 1), nn.Flatten(0))
+
+
+def _poisoned(case: int) -> tuple[str, nn.Module, torch.Tensor]:
+    """A case in which only sample 0 has a non-finite gradient: its image is 3e38 everywhere
+    (finite; the first layer's output overflows), or its tokens are all one id, found in no other
+    sample, whose embedding row is inf."""
+    cases = [*_cases(), ("weight-sum convs", _weight_sum_convs(), torch.rand(5, 16, 8, 8))]
+    name, model, x = cases[case]
+    x = x.clone()
+    if x.dtype == torch.long:
+        x[x == 49] = 48
+        x[0] = 49
+        with torch.no_grad():
+            model.embedding.weight[49] = float("inf")
+    else:
+        x[0] = 3e38
+    return name, model, x
+
+
+@pytest.mark.parametrize("case", range(6))
+def test_a_sample_with_a_non_finite_gradient_adds_exactly_zero(case: int) -> None:
+    """Its clip factor is 0 and its rows of every multiplied tensor (inputs with inf or 3e38,
+    output gradients with NaN) are zeroed: the clipped sum is that of the other samples."""
+    name, model, x = _poisoned(case)
+    y = (torch.arange(len(x)) % 2).float()
+    clip = float(_per_sample_loop(model, x[1:], y[1:]).norm(dim=1).median())
+    clipper = BookkeepingClipper(model, clip)
+    losses = nn.functional.binary_cross_entropy_with_logits(model(x), y, reduction="none")
+    finite = torch.isfinite(losses)
+    clipper.clipped_backward(torch.where(finite, losses, 0.0).mean(), len(y), finite)
+    clipper.close()
+    got = torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad])
+    assert not torch.isfinite(clipper.per_sample_gradient_norms[0]), name
+    assert bool(torch.isfinite(clipper.per_sample_gradient_norms[1:]).all()), name
+    _, expected = _clipped(model, x[1:], y[1:], clip)
+    assert bool(torch.isfinite(got).all()), name
+    assert (got - expected).norm() <= 1e-5 * expected.norm(), name
+
+
+def test_a_sample_whose_loss_is_not_finite_is_masked_though_its_gradient_is_finite() -> None:
+    """finite_losses masks it: here its inf loss is a constant, so its gradient is an ordinary one."""
+    name, model, x = _cases()[2]
+    y = (torch.arange(len(x)) % 2).float()
+    clip = 0.05
+    _, expected = _clipped(model, x[1:], y[1:], clip)
+    _, with_first = _clipped(model, x, y, clip)
+    assert (with_first - expected).norm() > 1e-3 * expected.norm()  # the first sample does count otherwise
+    clipper = BookkeepingClipper(model, clip)
+    losses = nn.functional.binary_cross_entropy_with_logits(model(x), y, reduction="none")
+    losses = losses + torch.where(torch.arange(len(y)) == 0, float("inf"), 0.0)
+    clipper.clipped_backward(losses.mean(), len(y), torch.isfinite(losses))
+    clipper.close()
+    got = torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad])
+    assert (got - expected).norm() <= 1e-5 * expected.norm(), name

@@ -12,7 +12,7 @@ from client.site_data import load_site
 from client.trainer import evaluate, split_dataset, train_dp
 from configs.schema import ExperimentConfig
 from model.networks import build_model
-from privacy.engine import DPSettings
+from privacy.dpsgd.engine import DPSettings
 from synth.hospitals import write_hospitals
 
 

@@ -1,6 +1,6 @@
 """DP-SGD correctness of every supported grad_sample_mode on the real fused model: clipping bound,
-exact per-sample gradients (every mode), all modes take the same step, and noisy steps on empty
-Poisson batches."""
+exact per-sample gradients (every mode), all modes take the same step, noisy steps on empty
+Poisson batches, and Opacus' sample rate and noise scale with OS-seeded generators."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from configs.validate import GRAD_SAMPLE_MODES
 from model.batch import ClinicalBatch
 from model.networks import FusionModel, build_model
 from privacy.accountant import MechanismUse
-from privacy.engine import SUPPORTED_MODES, DPSettings, PrivateTraining, make_private
+from privacy.dpsgd.engine import SUPPORTED_MODES, DPSettings, PrivateTraining, make_private
 
 MODES = list(GRAD_SAMPLE_MODES)
 
@@ -201,3 +201,26 @@ def test_train_dp_counts_every_step_including_empty_batches(experiment: Experime
     assert out.steps == 40 and empties
     assert out.history == [MechanismUse(1.0, 0.25, 45)]
     assert out.loss == out.loss  # not NaN: some batch was non-empty
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_sampling_rate_noise_scale_and_generators_are_opacus_with_os_seeds(experiment: ExperimentConfig,
+                                                                           mode: str) -> None:
+    """q = 1/len(loader) and expected batch size int(N q), as PrivacyEngine.make_private sets
+    them; the Poisson sampler and the noise draw from generators seeded from the OS, not from
+    torch's global RNG (a coordinator-chosen seed would make both predictable)."""
+    data = _rows(_batch(experiment), slice(0, 7))
+    privates = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        privates.append(_private(_model(experiment), data, batch_size=3, mode=mode, sigma=1.0, clip=1.0))
+    a, b = privates
+    assert len(a.loader) == 3 and a.loader.sample_rate == 1 / 3
+    assert a.optimizer.expected_batch_size == int(7 * (1 / 3)) == 2
+    assert a.optimizer.noise_multiplier == 1.0 and a.optimizer.max_grad_norm == 1.0
+    sampler, noise = a.loader.batch_sampler.generator, a.optimizer.generator
+    assert sampler is not None and noise is not None and sampler is not torch.default_generator
+    assert sampler.initial_seed() != b.loader.batch_sampler.generator.initial_seed()
+    assert noise.initial_seed() != b.optimizer.generator.initial_seed()
+    a.step(data, data.label)
+    assert a.history() == [MechanismUse(1.0, 1 / 3, 1)]

@@ -65,4 +65,4 @@ def test_unit_case_is_forgiven_only_when_unambiguous() -> None:
     labs = frame(("p1", "2345-7", "100", "MG/DL", "2026-01-01"), ("p2", "X", "3", "mu/l", "2026-01-01"))
     _, mask, counts = lab_matrix(labs, ["p1", "p2"], (GLUCOSE, milli_mega))
     assert mask.tolist() == [[1, 0], [0, 0]]
-    assert counts.dropped == {"unknown unit 'mu/l' for X": 1}
+    assert counts.dropped == {"unit not convertible for X (a spelling of several catalogue units)": 1}

@@ -16,11 +16,11 @@ from client.site_round import SiteJob, train_round
 from client.site import site_settings
 from client.trainer import batch_loss, split_dataset
 from configs.load import load_experiment
-from configs.schema import ExperimentConfig, PrivacyPolicy, SiteFileConfig
+from configs.schema import ExperimentConfig, PrivacyPolicy, SiteFileConfig, ValidationSplit
 from model.batch import ClinicalBatch
 from model.networks import build_model
 from privacy.accountant import MechanismUse, calibrate_noise, epsilon_spent
-from privacy.engine import DPSettings, make_private
+from privacy.dpsgd.engine import DPSettings, make_private
 from privacy.ledger import LEDGER_FILE, Ledger
 from privacy.planning import plan_noise
 
@@ -53,12 +53,14 @@ def test_plan_covers_all_rounds_and_epochs() -> None:
     assert final <= 8.0
 
 
-def _job(sites: Path, cfg: ExperimentConfig, state: Path, policy: PrivacyPolicy | None = None) -> SiteJob:
+def _job(sites: Path, cfg: ExperimentConfig, state: Path, policy: PrivacyPolicy | None = None,
+         validation: ValidationSplit | None = None) -> SiteJob:
     site = site_settings({"data-path": str(sites / "site-a"), "state-dir": str(state)}, None)
     arrays, _ = load_site(site.data_dir, cfg.data, cache_dir=site.cache_dir)
     model = build_model(cfg.model, num_labs=len(cfg.data.labs), note_buckets=cfg.data.note_buckets, seed=0)
-    return SiteJob(cfg, site, SiteFileConfig(privacy=policy or PrivacyPolicy(lifetime_epsilon=100.0)), arrays,
-                   model, torch.device("cpu"))
+    site_file = SiteFileConfig(privacy=policy or PrivacyPolicy(lifetime_epsilon=100.0),
+                               validation=validation or ValidationSplit(min_patients=10), data=cfg.data)
+    return SiteJob(cfg, site, site_file, arrays, model, torch.device("cpu"))
 
 
 def test_epsilon_grows_across_rounds_and_equals_a_fresh_accountant(small_sites: Path, tmp_path: Path) -> None:

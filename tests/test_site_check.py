@@ -79,10 +79,33 @@ def test_the_report_shows_the_privacy_account_and_refuses_with_a_damaged_ledger(
         10.0 - privacy["lifetime_epsilon_spent"])
     (state / LEDGER_FILE).write_text("garbage\n")
     broken = site_check(site, "--state-dir", str(state))
-    assert broken.returncode == 1 and "restore it from backup" in broken.stdout
+    assert broken.returncode == 1 and "restore the latest copy" in broken.stdout
     assert str(state) not in json.loads((state / "readiness.json").read_text())["reason"]
 
 
 def test_a_named_site_config_that_does_not_exist_is_refused(small_sites: Path, tmp_path: Path) -> None:
     done = site_check(small_sites / "site-a", "--state-dir", str(tmp_path), "--site-config", str(tmp_path / "typo.yaml"))
     assert done.returncode == 1 and "does not exist" in done.stdout
+
+
+def test_the_shareable_report_repeats_no_cell_value_that_is_not_of_an_expected_shape(small_sites: Path,
+                                                                                      tmp_path: Path) -> None:
+    """Unknown codes and units are free text in an export (a patient id in the wrong column, a
+    clinician's comment): only LOINC-shaped codes and catalogue units appear, the rest is counted."""
+    site = tmp_path / "site-a"
+    shutil.copytree(small_sites / "site-a", site)
+    pid = pd.read_csv(site / "labels.csv", dtype=str)["patient_id"].iloc[0]
+    secrets = ("A00042", "Mrs Smith called back", "per Dr Jones", "2345-8")  # 2345-8: a wrong check digit
+    rows = [f"{pid},2093-3,190,mg/dL,2026-01-01T00:00:00", f"{pid},A00042,1,mg/dL,2026-01-01T00:00:00",
+            f"{pid},Mrs Smith called back,1,mg/dL,2026-01-01T00:00:00", f"{pid},2345-8,1,mg/dL,2026-01-01T00:00:00",
+            f"{pid},2345-7,100,per Dr Jones,2026-01-01T00:00:00", f"{pid},2345-7,100,MG/DL,2026-01-01T00:00:00"]
+    with (site / "labs.csv").open("a") as fh:
+        fh.write("\n".join(rows) + "\n")
+    out = tmp_path / "report.json"
+    done = site_check(site, "--json", str(out), "--state-dir", str(tmp_path / "state"))
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads(out.read_text())
+    assert report["unknown_lab_codes"] == {"2093-3": 1, "a code that is not LOINC-shaped": 3}
+    assert report["lab_rows_dropped"]["unit not convertible for 2345-7 (a unit that is not in the catalogue)"] == 1
+    for text in (out.read_text(), done.stdout):
+        assert not any(secret in text for secret in secrets)

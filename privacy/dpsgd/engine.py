@@ -14,6 +14,12 @@ Four per-sample clipping modes (`DPSettings.grad_sample_mode`), all exact:
   like "hooks", computed by torch's ExpandedWeights autograd functions instead of module hooks.
   It needs a tensor first argument for the batch size, so the model is wrapped in `_BatchSized`.
 All use `PrivateTraining.step`, the same code for every mode.
+
+In every mode a sample whose per-sample loss or gradient (norm) is not finite contributes exactly
+zero to the clipped sum (privacy/finite_clipping.py: crafted weights could otherwise make the
+released update NaN iff one patient was sampled). bk: BookkeepingClipper; hooks, ew:
+FiniteDPOptimizer; ghost: FiniteGhostCriterion (privacy/finite_ghost.py). The private pieces are
+therefore built here as Opacus' PrivacyEngine.make_private builds them, with those classes.
 """
 
 from __future__ import annotations
@@ -34,8 +40,10 @@ from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
 from privacy.accountant import MechanismUse, merge
-from privacy.bookkeeping import BookkeepingClipper
-from privacy.clipped_sum_optimizer import ClippedSumOptimizer
+from privacy.dpsgd.bookkeeping import BookkeepingClipper
+from privacy.dpsgd.clipped_sum_optimizer import ClippedSumOptimizer
+from privacy.dpsgd.finite_clipping import FiniteDPOptimizer, per_sample_losses, zero_nonfinite_losses
+from privacy.dpsgd.finite_ghost import FiniteGhostCriterion
 
 BK = "bk"
 GHOST = "ghost"
@@ -57,13 +65,15 @@ class _BatchSized(nn.Module):
 
 
 class _BookkeptLoss:
-    """The batch-mean loss under "bk": `.backward()` writes the clipped per-sample sum to `.grad`."""
+    """The batch-mean loss under "bk" (non-finite per-sample losses count as 0; finite_losses [B]
+    bool marks the others): `.backward()` writes the clipped per-sample sum to `.grad`."""
 
-    def __init__(self, loss: torch.Tensor, clipper: BookkeepingClipper, batch_size: int) -> None:
-        self._loss, self._clipper, self._batch_size = loss, clipper, batch_size
+    def __init__(self, loss: torch.Tensor, clipper: BookkeepingClipper, batch_size: int,
+                 finite_losses: torch.Tensor) -> None:
+        self._loss, self._clipper, self._batch_size, self._finite = loss, clipper, batch_size, finite_losses
 
     def backward(self) -> None:
-        self._clipper.clipped_backward(self._loss, self._batch_size)
+        self._clipper.clipped_backward(self._loss, self._batch_size, self._finite)
 
     def detach(self) -> torch.Tensor:
         return self._loss.detach()
@@ -86,9 +96,9 @@ class DPSettings:
 class PrivateTraining:
     """A model, optimizer, criterion and loader made private, plus the accountant that watches them.
 
-    `criterion` is the criterion as given (bk, hooks, ew) or Opacus' DPLossFastGradientClipping
-    wrapper (ghost), whose loss `.backward()` runs both passes. Train with `step`; `loss` +
-    `.backward()` + `optimizer.step()` is the same thing for a non-empty batch.
+    `criterion` is the criterion as given (bk, hooks, ew) or a FiniteGhostCriterion (ghost), whose
+    loss `.backward()` runs both passes. Train with `step`; `loss` + `.backward()` +
+    `optimizer.step()` is the same thing for a non-empty batch.
     """
 
     model: nn.Module
@@ -100,15 +110,18 @@ class PrivateTraining:
     clipper: BookkeepingClipper | None = None
 
     def loss(self, inputs: Any, target: torch.Tensor) -> Any:
-        """The criterion's batch mean on the wrapped model: a Tensor (hooks, ew), a
-        DPTensorFastGradientClipping (ghost) or a _BookkeptLoss (bk); all support `.backward()`,
-        `.detach()`, `.item()`. The batch must not be empty (an empty mean is NaN); `step` handles
-        empty batches."""
+        """The criterion's batch mean on the wrapped model (inputs: B samples, target [B]), with
+        each non-finite per-sample loss replaced by 0 (torch.where: its gradient is exactly zero;
+        the sample is masked, privacy/finite_clipping.py). A Tensor (hooks, ew), a FiniteGhostLoss
+        (ghost) or a _BookkeptLoss (bk); all support `.backward()`, `.detach()`, `.item()`. The
+        batch must not be empty (an empty mean is NaN); `step` handles empty batches."""
+        if self.grad_sample_mode == GHOST:
+            return self.criterion(inputs, target)
+        output = self.model(target, inputs) if self.grad_sample_mode == EW else self.model(inputs)
+        losses, finite = zero_nonfinite_losses(per_sample_losses(self.criterion, output, target))
         if self.clipper is not None:
-            return _BookkeptLoss(self.criterion(self.model(inputs), target), self.clipper, len(target))
-        if self.grad_sample_mode == EW:
-            return self.criterion(self.model(target, inputs), target)
-        return self.criterion(self.model(inputs), target)
+            return _BookkeptLoss(losses.mean(), self.clipper, len(target), finite)
+        return losses.mean()
 
     def step(self, inputs: Any, target: torch.Tensor) -> float | None:
         """One DP-SGD step on a Poisson batch: the batch's mean loss, or None for an empty batch.
@@ -172,15 +185,18 @@ def make_private(model: nn.Module, optimizer: Optimizer, loader: DataLoader, *,
                  criterion: nn.Module | None = None) -> PrivateTraining:
     """Wrap for DP-SGD with Poisson sampling; the accountant resumes from `prior`.
 
-    `criterion` (default BCEWithLogitsLoss) must decompose per sample and use reduction="mean":
-    Opacus rescales by the expected batch size len(dataset)/len(loader) in both modes.
+    `criterion` (default BCEWithLogitsLoss) must be a loss module that decomposes per sample and
+    has reduction="mean" (it is called with reduction "none" to mask non-finite per-sample
+    losses): Opacus rescales by the expected batch size len(dataset)/len(loader) in every mode.
     """
     mode = settings.grad_sample_mode
     if mode not in SUPPORTED_MODES:
         raise ValueError(f"grad_sample_mode must be one of {SUPPORTED_MODES} (got {mode!r})")
     criterion = nn.BCEWithLogitsLoss() if criterion is None else criterion
-    if getattr(criterion, "reduction", "mean") != "mean":
-        raise ValueError(f"criterion.reduction must be 'mean' (got {criterion.reduction!r})")
+    if getattr(criterion, "reduction", None) != "mean":
+        raise ValueError(f"criterion.reduction must be 'mean' (got {getattr(criterion, 'reduction', None)!r})")
+    if {id(p) for group in optimizer.param_groups for p in group["params"]} - {id(p) for p in model.parameters()}:
+        raise ValueError("the optimizer holds parameters that are not the model's")
     with warnings.catch_warnings():
         # Opacus warns on every engine; torchcsprng (secure_mode) does not exist for torch 2.x.
         warnings.filterwarnings("ignore", message="Secure RNG turned off")
@@ -191,21 +207,40 @@ def make_private(model: nn.Module, optimizer: Optimizer, loader: DataLoader, *,
     engine.accountant.history = [(h.noise_multiplier, h.sample_rate, h.steps) for h in prior]
     if mode == BK:
         return _make_bookkept(model, optimizer, loader, settings, engine, criterion)
+    return _make_opacus(model, optimizer, loader, settings, engine, criterion)
+
+
+def _poisson_loader(loader: DataLoader) -> DPDataLoader:
+    """Opacus' Poisson-sampling loader (sample rate 1/len(loader)) drawing from an OS-seeded
+    generator: torch's global RNG may have been made predictable (by the process or a
+    coordinator-chosen seed)."""
+    return DPDataLoader.from_data_loader(loader, generator=os_seeded_generator(torch.device("cpu")))
+
+
+def _attach_accountant(private_opt: DPOptimizer, engine: PrivacyEngine, sample_rate: float) -> None:
+    private_opt.attach_step_hook(engine.accountant.get_optimizer_hook_fn(sample_rate=sample_rate))
+
+
+def _make_opacus(model: nn.Module, optimizer: Optimizer, loader: DataLoader, settings: DPSettings,
+                 engine: PrivacyEngine, criterion: nn.Module) -> PrivateTraining:
+    """"hooks", "ew", "ghost": PrivacyEngine.make_private's steps (model wrapping, Poisson loader,
+    optimizer, accountant hook), with the finite-masking optimizer (hooks, ew) or criterion (ghost)."""
+    mode = settings.grad_sample_mode
     if mode == EW:
         model = _BatchSized(model)  # shares the parameters: the caller's model is still trained
     device = next(model.parameters()).device
-    wrapped = engine.make_private(
-        module=model, optimizer=optimizer, data_loader=loader, criterion=criterion,
-        noise_multiplier=settings.noise_multiplier, max_grad_norm=settings.max_grad_norm,
-        loss_reduction="mean", poisson_sampling=True, grad_sample_mode=mode,
-        noise_generator=os_seeded_generator(device))
-    if mode == GHOST:
-        private_model, private_opt, private_criterion, private_loader = wrapped
-    else:
-        (private_model, private_opt, private_loader), private_criterion = wrapped, criterion
-    # Opacus hands noise_generator to the optimizer only; the Poisson sampler would use torch's
-    # global RNG, which the process (or a coordinator-chosen seed) may have made predictable.
-    private_loader.batch_sampler.generator = os_seeded_generator(torch.device("cpu"))
+    private_model = engine._prepare_model(model, batch_first=True, max_grad_norm=settings.max_grad_norm,
+                                          loss_reduction="mean", grad_sample_mode=mode)
+    private_model.forbid_grad_accumulation()  # Poisson sampling
+    private_loader = _poisson_loader(loader)
+    sample_rate = 1 / len(private_loader)
+    optimizer_class = DPOptimizerFastGradientClipping if mode == GHOST else FiniteDPOptimizer
+    private_opt = optimizer_class(
+        optimizer, noise_multiplier=settings.noise_multiplier, max_grad_norm=settings.max_grad_norm,
+        expected_batch_size=int(len(private_loader.dataset) * sample_rate), loss_reduction="mean",
+        generator=os_seeded_generator(device), secure_mode=False)
+    _attach_accountant(private_opt, engine, sample_rate)
+    private_criterion = FiniteGhostCriterion(private_model, private_opt, criterion) if mode == GHOST else criterion
     return PrivateTraining(private_model, private_opt, private_loader, engine, private_criterion, mode)
 
 
@@ -213,15 +248,13 @@ def _make_bookkept(model: nn.Module, optimizer: Optimizer, loader: DataLoader, s
                    engine: PrivacyEngine, criterion: nn.Module) -> PrivateTraining:
     """"bk": the model stays unwrapped; Opacus' Poisson loader, noise and accountant hook as in
     PrivacyEngine.make_private, with p.grad holding the clipped sum the clipper wrote."""
-    if {id(p) for group in optimizer.param_groups for p in group["params"]} - {id(p) for p in model.parameters()}:
-        raise ValueError("the optimizer holds parameters that are not the model's")
     clipper = BookkeepingClipper(model, settings.max_grad_norm)
     device = next(model.parameters()).device
-    private_loader = DPDataLoader.from_data_loader(loader, generator=os_seeded_generator(torch.device("cpu")))
+    private_loader = _poisson_loader(loader)
     sample_rate = 1 / len(private_loader)
     private_opt = ClippedSumOptimizer(
         optimizer, noise_multiplier=settings.noise_multiplier, max_grad_norm=settings.max_grad_norm,
         expected_batch_size=int(len(private_loader.dataset) * sample_rate), loss_reduction="mean",
         generator=os_seeded_generator(device))
-    private_opt.attach_step_hook(engine.accountant.get_optimizer_hook_fn(sample_rate=sample_rate))
+    _attach_accountant(private_opt, engine, sample_rate)
     return PrivateTraining(model, private_opt, private_loader, engine, criterion, BK, clipper)

@@ -12,6 +12,10 @@ Exact for nn.Linear, nn.Conv2d (groups 1, zero padding), nn.GroupNorm and nn.Emb
 ids accumulate; padding_idx respected). A model with any other trainable layer, a layer called
 twice in one forward pass, or tied parameters is refused when the clipper is built. Every sample
 must only influence its own output (no BatchNorm, no cross-sample ops), as for every DP-SGD mode.
+
+A sample whose loss or gradient norm is not finite is masked: clip factor 0 and its rows of every
+tensor the clipped sum multiplies zeroed with torch.where, so it contributes exactly zero
+(privacy/finite_clipping.py says why). The all-finite batch pays one `isfinite` check.
 """
 
 from __future__ import annotations
@@ -24,20 +28,33 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from privacy.dpsgd.bk_im2col import CHUNK_ELEMENTS as _CHUNK_ELEMENTS
+from privacy.dpsgd.bk_im2col import Im2col as _Im2col
+from privacy.dpsgd.finite_clipping import clip_factors, kept_samples, zero_rows
+
 SUPPORTED_LAYERS = (nn.Linear, nn.Conv2d, nn.GroupNorm, nn.Embedding)
 # Layers whose bias gradient autograd computes without their weight gradient (oneDNN's
 # convolution backward computes both together: asking for a Conv2d bias costs its weight gradient).
 _CHEAP_BIAS_GRADIENT = (nn.Linear, nn.GroupNorm)
-_CHUNK_ELEMENTS = 1 << 17  # im2col is built for at most this many elements at a time (512 KiB of float32)
-_CHANNELS_LAST_FROM = 4    # input channels from which im2col copies channels-last rows
 
 
 @dataclass
 class _LayerGradient:
-    """One layer's per-sample squared norms [B] and a way to write its clipped sum to `.grad`."""
+    """One layer's per-sample squared gradient norms [B] and how to write its clipped sum.
+
+    `write(c, *rows)` sets the layer's `.grad` to sum_b c_b g_b, computed from `rows`: the
+    batch-first tensors [B, ...] that it multiplies by the clip factors c [B] (the layer input and
+    output gradient, or per-sample gradients)."""
 
     sq_norms: torch.Tensor
-    write_clipped_sum: Callable[[torch.Tensor], None]
+    write: Callable[..., None]
+    rows: tuple[torch.Tensor, ...]
+
+    def write_clipped_sum(self, c: torch.Tensor, keep: torch.Tensor | None = None) -> None:
+        """c: clip factors [B], 0 for a masked sample; keep: [B] bool, False for a masked sample
+        (None: none is). A masked sample's rows become zeros first (torch.where: its activations
+        may be inf and 0 * inf = NaN), so it adds exactly zero to the sum."""
+        self.write(c, *(self.rows if keep is None else (zero_rows(r, keep) for r in self.rows)))
 
 
 def _sq_norms(x: torch.Tensor) -> torch.Tensor:
@@ -61,84 +78,37 @@ def _linear(m: nn.Linear, a: torch.Tensor, g: torch.Tensor) -> _LayerGradient:
         if _trainable(m.bias):
             sq = sq + g_sq
 
-        def write(c: torch.Tensor) -> None:
+        def write(c: torch.Tensor, a: torch.Tensor, g: torch.Tensor) -> None:
             gc = g * c[:, None]
             _set_grad(m.weight, gc.t() @ a)
             _set_grad(m.bias, gc.sum(0))
-        return _LayerGradient(sq, write)
+        return _LayerGradient(sq, write, (a, g))
     a3, g3 = a.reshape(a.shape[0], -1, a.shape[-1]), g.reshape(g.shape[0], -1, g.shape[-1])
     per_sample = torch.bmm(g3.transpose(1, 2), a3)      # [B, out, in]
     bias = g3.sum(1)                                     # [B, out]
     return _materialised(m, per_sample, bias)
 
 
-def _per_sample_layer(m: nn.Module, weight_sq: torch.Tensor, weight_sum: Callable[[torch.Tensor], torch.Tensor],
-                      bias: torch.Tensor) -> _LayerGradient:
-    """A layer from its per-sample weight-gradient squared norms [B], a function giving the
-    c-weighted sum of its per-sample weight gradients, and its per-sample bias gradients [B, out]."""
+def _per_sample_layer(m: nn.Module, weight_sq: torch.Tensor, weight_sum: Callable[..., torch.Tensor],
+                      weight_rows: tuple[torch.Tensor, ...], bias: torch.Tensor) -> _LayerGradient:
+    """A layer from its per-sample weight-gradient squared norms [B], `weight_sum(c, *weight_rows)`
+    giving the c-weighted sum of its per-sample weight gradients from batch-first tensors
+    `weight_rows`, and its per-sample bias gradients [B, out]."""
     sq = weight_sq if _trainable(m.weight) else torch.zeros_like(weight_sq)
     if _trainable(m.bias):
         sq = sq + _sq_norms(bias)
 
-    def write(c: torch.Tensor) -> None:
+    def write(c: torch.Tensor, bias: torch.Tensor, *weight_rows: torch.Tensor) -> None:
         if _trainable(m.weight):
-            _set_grad(m.weight, weight_sum(c))
+            _set_grad(m.weight, weight_sum(c, *weight_rows))
         _set_grad(m.bias, c @ bias)
-    return _LayerGradient(sq, write)
+    return _LayerGradient(sq, write, (bias, *weight_rows))
 
 
 def _materialised(m: nn.Module, per_sample_weight: torch.Tensor, bias: torch.Tensor) -> _LayerGradient:
     """Per-sample weight gradients [B, ...] kept as they are (small layers)."""
     flat = per_sample_weight.reshape(per_sample_weight.shape[0], -1)
-    return _per_sample_layer(m, _sq_norms(flat), lambda c: c @ flat, bias)
-
-
-class _Im2col:
-    """One Conv2d's input windows as [n, L, K], built in reused buffers: a zero-bordered padded
-    input per layer (only its interior is written) and a scratch shared by all layers (the hooks
-    run one at a time). Reuse keeps the allocator from fragmenting as Poisson batch sizes vary.
-
-    With several input channels the padded input is channels-last and K is ordered (kh, kw, in):
-    the window copy then reads contiguous runs of kw * in values, which vectorise. With one or two
-    channels it stays NCHW and K is the weight's (in, kh, kw). On CPU both are faster than
-    F.unfold, and steadier than oneDNN's grouped-convolution weight gradient, whose speed jumps
-    between batch sizes."""
-
-    def __init__(self, m: nn.Conv2d, scratch: dict[str, torch.Tensor]) -> None:
-        self.m, self.scratch = m, scratch
-        self.channels_last = m.in_channels >= _CHANNELS_LAST_FROM
-        self.padded: torch.Tensor | None = None
-
-    def _padded(self, a: torch.Tensor) -> torch.Tensor:
-        (ph, pw), (n, c, h, w) = self.m.padding, a.shape
-        shape = (h + 2 * ph, w + 2 * pw, c) if self.channels_last else (c, h + 2 * ph, w + 2 * pw)
-        buf = self.padded
-        if buf is None or buf.shape[0] < n or buf.shape[1:] != shape or buf.dtype != a.dtype or buf.device != a.device:
-            buf = self.padded = a.new_zeros((n, *shape))   # borders stay zero: only the interior is written
-        if self.channels_last:
-            buf[:n, ph:ph + h, pw:pw + w].copy_(a.permute(0, 2, 3, 1))
-        else:
-            buf[:n, :, ph:ph + h, pw:pw + w].copy_(a)
-        return buf[:n]
-
-    def __call__(self, a: torch.Tensor, out_hw: tuple[int, int]) -> torch.Tensor:
-        (sh, sw), (dh, dw), (kh, kw) = self.m.stride, self.m.dilation, self.m.kernel_size
-        n, c_in, positions = a.shape[0], a.shape[1], out_hw[0] * out_hw[1]
-        padded = self._padded(a)
-        s = padded.stride()
-        buf = self.scratch.get("cols")
-        if buf is None or buf.numel() < n * c_in * kh * kw * positions or buf.dtype != a.dtype or buf.device != a.device:
-            buf = self.scratch["cols"] = a.new_empty(max(n * c_in * kh * kw * positions, _CHUNK_ELEMENTS))
-        buf = buf[:n * c_in * kh * kw * positions]
-        if self.channels_last:
-            windows = padded.as_strided((n, *out_hw, kh, kw, c_in),
-                                        (s[0], sh * s[1], sw * s[2], dh * s[1], dw * s[2], s[3]))
-            buf.view(windows.shape).copy_(windows)
-            return buf.view(n, positions, kh * kw * c_in)
-        windows = padded.as_strided((n, c_in, kh, kw, *out_hw),
-                                    (s[0], s[1], dh * s[2], dw * s[3], sh * s[2], sw * s[3]))
-        buf.view(windows.shape).copy_(windows)
-        return buf.view(n, c_in * kh * kw, positions).transpose(1, 2)
+    return _per_sample_layer(m, _sq_norms(flat), torch.matmul, (flat,), bias)
 
 
 def _conv2d(m: nn.Conv2d, a: torch.Tensor, g: torch.Tensor, im2col: _Im2col) -> _LayerGradient:
@@ -164,15 +134,15 @@ def _conv2d(m: nn.Conv2d, a: torch.Tensor, g: torch.Tensor, im2col: _Im2col) -> 
         flat = per_sample.reshape(b, -1)
         kh, kw = m.kernel_size
 
-        def kept_sum(c: torch.Tensor) -> torch.Tensor:
+        def kept_sum(c: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
             total = c @ flat
             return total.view(out, kh, kw, -1).permute(0, 3, 1, 2) if im2col.channels_last else total
-        return _per_sample_layer(m, weight_sq, kept_sum, g3.sum(2))
+        return _per_sample_layer(m, weight_sq, kept_sum, (flat,), g3.sum(2))
 
-    def weight_sum(c: torch.Tensor) -> torch.Tensor:  # one ordinary weight gradient of the input
+    def weight_sum(c: torch.Tensor, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:  # one weight gradient
         return torch.nn.grad.conv2d_weight(a, m.weight.shape, g * c.view(-1, 1, 1, 1), stride=m.stride,
                                            padding=m.padding, dilation=m.dilation)
-    return _per_sample_layer(m, weight_sq, weight_sum, g3.sum(2))
+    return _per_sample_layer(m, weight_sq, weight_sum, (a, g), g3.sum(2))
 
 
 def _group_norm(m: nn.GroupNorm, a: torch.Tensor, g: torch.Tensor) -> _LayerGradient:
@@ -187,7 +157,7 @@ def _embedding(m: nn.Embedding, ids: torch.Tensor, g: torch.Tensor) -> _LayerGra
     b, dim = ids.shape[0], m.embedding_dim
     ids, g = ids.reshape(-1), g.reshape(-1, dim)         # [B*T], [B*T, D]
     if m.padding_idx is not None:                        # that row never receives a gradient
-        g = g * (ids != m.padding_idx).unsqueeze(1).to(g.dtype)
+        g = torch.where((ids != m.padding_idx).unsqueeze(1), g, torch.zeros((), dtype=g.dtype, device=g.device))
     # a sample's gradient row for id v is the sum of g_t over its tokens with id v (repeats
     # accumulate): sum those per (sample, id) pair, then add the pairs' squared norms per sample
     sample = torch.arange(b, device=ids.device).repeat_interleave(len(ids) // b)
@@ -196,10 +166,10 @@ def _embedding(m: nn.Embedding, ids: torch.Tensor, g: torch.Tensor) -> _LayerGra
     sq = g.new_zeros(b).index_add_(0, torch.div(pairs, m.num_embeddings, rounding_mode="floor"),
                                    _sq_norms(rows))
 
-    def write(c: torch.Tensor) -> None:
-        weighted = g * c[sample].unsqueeze(1)
+    def write(c: torch.Tensor, g_rows: torch.Tensor) -> None:
+        weighted = g_rows.reshape(-1, dim) * c[sample].unsqueeze(1)
         _set_grad(m.weight, torch.zeros_like(m.weight).index_add_(0, ids, weighted))
-    return _LayerGradient(sq, write)
+    return _LayerGradient(sq, write, (g.reshape(b, -1, dim),))
 
 
 def _layer_gradient(m: nn.Module, a: torch.Tensor, g: torch.Tensor, im2col: _Im2col | None) -> _LayerGradient:
@@ -287,9 +257,17 @@ class BookkeepingClipper:
         bias = getattr(module, "bias", None)
         self._anchors.append(bias if isinstance(module, _CHEAP_BIAS_GRADIENT) and _trainable(bias) else output)
 
-    def clipped_backward(self, mean_loss: torch.Tensor, batch_size: int) -> None:
-        """From the batch-mean loss of the model's last forward pass, set every trainable
-        parameter's `.grad` to the sum over samples of its clipped per-sample gradient."""
+    def clipped_backward(self, mean_loss: torch.Tensor, batch_size: int,
+                         finite_losses: torch.Tensor | None = None) -> None:
+        """From the batch-mean loss of the model's last forward pass (scalar, over batch_size = B
+        samples), set every trainable parameter's `.grad` to the sum over samples of its clipped
+        per-sample gradient, with non-finite samples masked.
+
+        finite_losses: [B] bool, False for a sample whose loss was not finite (replace those
+        losses by 0 with torch.where before the mean, so their gradient is zero); None: all
+        finite. A sample whose loss or per-sample gradient norm is not finite contributes exactly
+        zero (privacy/finite_clipping.py: otherwise the DP sum is a membership oracle); if every
+        sample is masked every `.grad` is zero, as for an empty batch."""
         if len(set(map(id, self._ran))) != len(self._ran):
             raise RuntimeError("grad_sample_mode 'bk': a layer ran twice in one forward pass; its per-sample "
                                "gradient would be a sum the clipper does not build (use 'hooks')")
@@ -301,9 +279,10 @@ class BookkeepingClipper:
         self._start_forward(None, ())
         norms = (torch.stack([layer.sq_norms for layer in layers]).sum(0).sqrt() if layers
                  else mean_loss.new_zeros(batch_size))
-        factors = (self.max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
+        keep = kept_samples(norms, finite_losses)   # None: every sample kept (the fast path)
+        factors = clip_factors(norms, self.max_grad_norm, keep)
         for layer in layers:
-            layer.write_clipped_sum(factors)
+            layer.write_clipped_sum(factors, keep)
         for p in self._params:  # a layer whose output did not reach the loss: its clipped sum is zero
             if p.grad is None:
                 p.grad = torch.zeros_like(p)

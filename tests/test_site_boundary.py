@@ -1,0 +1,142 @@
+"""The coordinator sends a recipe, not the site's configuration: an allow-list of override forms,
+site-owned settings it cannot change, limits checked before anything is allocated, and global
+weights refused unless they are the model's and finite. Each case answers 602 (or 605) with the
+field named, and nothing is spent."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from client.app import ERROR_CONFIG, ERROR_WEIGHTS
+from configs.load import CONFIG_DIR, load_experiment
+from configs.parse import ConfigError
+from privacy.ledger import LEDGER_FILE
+from messages import SMALL_RUN, initial_weights, metrics, send
+
+pytestmark = pytest.mark.usefixtures("task_identity")
+
+
+def test_overrides_cannot_reach_files_outside_configs(tmp_path: Path) -> None:
+    """sec-hydra-path: a search path or a group option with a path would compose any YAML on the site."""
+    outside = tmp_path / "data"
+    outside.mkdir()
+    (outside / "evil.yaml").write_text((CONFIG_DIR / "data" / "clinical.yaml").read_text()
+                                       .replace("image_size: 32", "image_size: 77"))
+    relative = os.path.relpath(outside / "evil", CONFIG_DIR / "data")
+    for overrides, field in (([f"hydra.searchpath=[file://{tmp_path}]", "data=evil"], "hydra.searchpath"),
+                             ([f"data={relative}"], "data"), (["data=evil"], "data")):
+        with pytest.raises(ConfigError) as refused:
+            load_experiment(overrides)
+        assert refused.value.field == field
+
+
+@pytest.mark.parametrize(("override", "field"), [
+    ("+data.extra=1", "data.extra"), ("++rounds=3", "rounds"), ("~rounds", "rounds"),
+    ("data@foo=clinical", "data@foo"), ("hydra.run.dir=/tmp", "hydra.run.dir"), ("nonsense=1", "nonsense"),
+    ("data.labs.0.nonsense=1", "data.labs.0.nonsense"), ("rounds=${oc.env:HOME}", "rounds"),
+])
+def test_only_plain_key_value_on_schema_keys_is_accepted(override: str, field: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        load_experiment([override])
+    assert refused.value.field == field
+
+
+@pytest.mark.parametrize(("override", "field"), [
+    ("rounds=100000", "rounds"),                             # a PRV plan over 200 000 steps
+    ("train.local_epochs=100000 rounds=1", "train.local_epochs"),
+    ("data.image_size=4096", "data.image_size"),            # N x 4096^2 floats and a cache entry each
+    ("data.note_buckets=500000000", "data.note_buckets"),   # a 16 GB embedding
+    ("data.note_max_tokens=5000000", "data.note_max_tokens"),
+    ("model.image_channels=[1024,1024,1024,1024]", "model"),  # 29 M parameters > 20 M
+    ("train.num_threads=1000", "train.num_threads"),
+])
+def test_requests_beyond_the_sites_limits_are_refused_with_the_field_named(site_copy: Path, tmp_path: Path,
+                                                                         override: str, field: str) -> None:
+    """sec-config-dos: refused before any allocation (the weights sent are the default model's)."""
+    reply = send("train", site_copy, tmp_path / "state", f"{SMALL_RUN} {override}", weights=initial_weights(SMALL_RUN))
+    assert reply.has_error() and reply.error.code == ERROR_CONFIG
+    assert f"configuration rejected by the site: {field}" in reply.error.reason
+    assert not (tmp_path / "state" / LEDGER_FILE).exists()
+
+
+def test_site_yaml_limits_are_the_sites_own_and_only_lower_the_release_maxima(site_copy: Path, tmp_path: Path) -> None:
+    with (site_copy / "site.yaml").open("a") as fh:
+        fh.write("limits: {max_image_size: 48, max_rounds: 4, max_steps_per_run: 20}\n")
+    state = tmp_path / "state"
+    for override, field in (("data.image_size=64", "data.image_size"), ("rounds=5", "rounds"),
+                            ("train.batch_size=8", "rounds")):  # 3 x 1 x ceil(120 / 8) = 45 steps > 20
+        reply = send("evaluate", site_copy, state, f"{SMALL_RUN} {override}")
+        assert reply.has_error() and reply.error.code == ERROR_CONFIG, override
+        assert f"rejected by the site: {field}" in reply.error.reason
+    assert metrics(send("evaluate", site_copy, state, f"{SMALL_RUN} data.image_size=48"))["num-examples"] >= 0
+
+
+@pytest.mark.parametrize("override", [
+    "data.labs.0.low=5 data.labs.0.high=120",        # sec-count-query: the coordinator picks who exists
+    "data.labs.1.high=2e9",
+    "data.labs.0.unit=mmol/L",
+    "data.lab_window_hours=1",
+    "data.window_center=40 data.window_width=400",
+    "data.frame_policy=first",
+    "privacy.accountant=rdp",                         # sec-accountant-switch
+])
+def test_what_the_data_means_is_the_sites_and_a_coordinator_value_is_refused(site_copy: Path, tmp_path: Path,
+                                                                          override: str) -> None:
+    reply = send("evaluate", site_copy, tmp_path / "state", f"{SMALL_RUN} {override}")
+    assert reply.has_error() and reply.error.code == ERROR_CONFIG
+    assert "set by each site" in reply.error.reason and override.split("=")[0].split(".")[1] in reply.error.reason
+
+
+def test_counts_do_not_depend_on_coordinator_ranges(site_copy: Path, tmp_path: Path) -> None:
+    """sec-count-query: whatever ranges are asked for, the site counts the same patients, and
+    restating the catalogue's own value (or the site's accountant) is not an error."""
+    restated = f"{SMALL_RUN} data.labs.0.low=5.0 data.labs.0.high=1500.0 privacy.accountant=prv"
+    plain = metrics(send("train", site_copy, tmp_path / "a", SMALL_RUN))
+    same = metrics(send("train", site_copy, tmp_path / "b", restated))
+    assert plain["num-examples"] == same["num-examples"] and plain["steps"] == same["steps"]
+
+
+def test_the_model_input_definition_must_be_the_sites(site_copy: Path, tmp_path: Path) -> None:
+    """The coordinator proposes the lab feature list; a different list (or order) is refused."""
+    reply = send("evaluate", site_copy, tmp_path / "state",
+                 f"{SMALL_RUN} data.labs.0.code=9999-9 data.labs.0.name=other")
+    assert reply.has_error() and reply.error.code == ERROR_CONFIG and "data.labs" in reply.error.reason
+
+
+@pytest.mark.parametrize("damage", ["nan", "inf", "shape", "missing", "dtype"])
+def test_global_weights_that_are_not_the_models_or_not_finite_are_refused_before_any_spend(
+        site_copy: Path, tmp_path: Path, damage: str) -> None:
+    """nan-global-model (site side): refused before anything is planned, loaded or spent."""
+    weights = initial_weights(SMALL_RUN)
+    key = "head.0.weight"
+    if damage in ("nan", "inf"):
+        weights[key] = weights[key].copy()
+        weights[key].flat[3] = np.nan if damage == "nan" else np.inf
+    elif damage == "shape":
+        weights[key] = weights[key][:, :-1]
+    elif damage == "missing":
+        del weights[key]
+    else:
+        weights[key] = weights[key].astype(np.int64)
+    for kind in ("train", "evaluate"):
+        reply = send(kind, site_copy, tmp_path / "state", weights=weights)
+        assert reply.has_error() and reply.error.code == ERROR_WEIGHTS
+    assert not (tmp_path / "state" / LEDGER_FILE).exists()
+
+
+def test_the_preprocessing_cache_stays_within_the_sites_quota(site_copy: Path, tmp_path: Path) -> None:
+    """A coordinator that varies data.image_size each run must not fill the volume of the ledger:
+    the site's cache keeps the current load's entries and drops the least recently used others."""
+    with (site_copy / "site.yaml").open("a") as fh:
+        fh.write("limits: {cache_mb: 1}\n")
+    state = tmp_path / "state"
+    for size in (16, 24, 32, 40):
+        metrics(send("evaluate", site_copy, state, f"{SMALL_RUN} data.image_size={size}"))
+        entries = [p for p in (state / "cache").rglob("*.entry")]
+        assert sum(p.stat().st_size for p in entries) <= 1 << 20
+    too_big = send("evaluate", site_copy, state, f"{SMALL_RUN} data.image_size=64")  # 120 x 16 KiB > 1 MiB
+    assert too_big.has_error() and too_big.error.code == ERROR_CONFIG and "cache quota" in too_big.error.reason
