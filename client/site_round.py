@@ -31,10 +31,11 @@ from configs.schema import ExperimentConfig, SiteFileConfig
 from model.exchange import check_weights, load_numpy_state, state_to_numpy
 from model.networks import FusionModel, activation_bytes, build_model
 from privacy.accountant import MechanismUse
-from privacy.decline import EVAL_LIMIT, EVAL_TOO_SMALL, LEDGER_UNREADABLE, LIFETIME_BUDGET, RoundDeclined
+from privacy.decline import (EVAL_LIMIT, EVAL_TOO_SMALL, LEDGER_UNREADABLE, LIFETIME_BUDGET, RUN_BUDGET,
+                             RoundDeclined)
 from privacy.dpsgd.engine import DPSettings, os_seeded_generator
 from privacy.ledger import EVALUATE, LEDGER_FILE, TRAIN, Ledger, LedgerError, Spend
-from privacy.planning import BudgetExhausted, LifetimeBudget, plan_noise, steps_per_epoch
+from privacy.planning import BudgetExhausted, LifetimeBudget, plan_noise, poisson_schedule
 from privacy.policy import Account, Projection, Terms, account, admit, project, tighten
 
 log = logging.getLogger("fedclinic.site")
@@ -73,7 +74,7 @@ def prepare(overrides: str, node_config: Mapping[str, object], weights: Mapping[
     requested, released = load_experiment(items), load_experiment([])
     site = site_settings(node_config, requested.data.root)
     site_file = read_site_file(site.site_file, released.data, required=site.site_file_explicit)
-    cfg = site_experiment(requested, released, site_file, [item.partition("=")[0] for item in items])
+    cfg = site_experiment(requested, released, site_file)
     check_weights(weights, _model(cfg, device="meta").state_dict())
     check_data_limits(cfg, site_file.limits, patients=len(read_labels(site.data_dir).patient_ids))
     if cfg.train.device == "cuda" and not torch.cuda.is_available():
@@ -127,7 +128,7 @@ def _run_noise(job: SiteJob, acct: Account, num_examples: int) -> float:
                                                   policy.lifetime_epsilon),
                           min_noise_multiplier=terms.min_noise_multiplier)
     except BudgetExhausted as exc:
-        raise RoundDeclined(LIFETIME_BUDGET, str(exc)) from exc
+        raise RoundDeclined(LIFETIME_BUDGET if exc.lifetime else RUN_BUDGET, str(exc)) from exc
     return plan.noise_multiplier
 
 
@@ -151,7 +152,8 @@ def _admit_and_record(job: SiteJob, ledger: Ledger, run_id: str, server_round: i
             use = MechanismUse(recorded, use.sample_rate, use.steps)
         elif sum(1 for s in acct.run if s.kind == EVALUATE) >= job.site_file.validation.max_per_run:
             raise RoundDeclined(EVAL_LIMIT, f"{job.site_file.validation.max_per_run} evaluations already released")
-        admitted = admit(use, acct, terms=job.terms, policy=job.site_file.policy)
+        admitted = admit(use, acct, terms=job.terms, policy=job.site_file.policy,
+                         max_mechanisms=job.site_file.limits.max_ledger_mechanisms)
         _record(job, ledger, run_id, server_round, kind, use, admitted)
     return admitted, use
 
@@ -165,8 +167,8 @@ def train_round(job: SiteJob, run_id: str, server_round: int) -> tuple[dict[str,
     if len(data) == 0:
         raise SiteDataError("no patient falls in the training split; add patients or lower "
                             "validation.fraction in site.yaml")
-    per_epoch = steps_per_epoch(len(data), cfg.train.batch_size)
-    use = MechanismUse(0.0, 1.0 / per_epoch, per_epoch * cfg.train.local_epochs)
+    schedule = poisson_schedule(len(data), cfg.train.batch_size)
+    use = MechanismUse(0.0, schedule.sample_rate, schedule.steps * cfg.train.local_epochs)
     ledger = job.ledger()
     sigma = _run_noise(job, _account(job, ledger, run_id), len(data))  # planned outside the lock
     admitted, use = _admit_and_record(job, ledger, run_id, server_round, TRAIN,
@@ -178,7 +180,7 @@ def train_round(job: SiteJob, run_id: str, server_round: int) -> tuple[dict[str,
         raise RuntimeError(f"took {outcome.steps} DP steps, {use.steps} were recorded; nothing is released")
     # The training loss is a non-DP statistic of the training data: it stays at the site (log).
     log.info("round %s: mean training loss %.4f over %s steps", server_round, outcome.loss, outcome.steps)
-    metrics = {"num-examples": per_epoch * cfg.train.batch_size, "epsilon": admitted.run_epsilon,
+    metrics = {"num-examples": schedule.batches * cfg.train.batch_size, "epsilon": admitted.run_epsilon,
                "delta": job.terms.delta, "lifetime-epsilon": admitted.lifetime_epsilon,
                "noise-multiplier": sigma, "steps": outcome.steps}
     return state_to_numpy(job.model), metrics
@@ -206,7 +208,10 @@ def evaluate_round(job: SiteJob, run_id: str, server_round: int) -> dict[str, fl
     else:
         admitted = project(MechanismUse(1.0, 0.0, 0), _account(job, ledger, run_id), terms=job.terms,
                            policy=job.site_file.policy)
-    outcome = evaluate(job.model, data, device=job.device, batch_size=_evaluation_batch(job))
+    # A DP release scores one patient at a time: in a batch, another patient's presence can move a
+    # score by a rounding error, which a crafted model could place on a bin edge (sensitivity > 1).
+    batch = 1 if v.release == "dp" else _evaluation_batch(job)
+    outcome = evaluate(job.model, data, device=job.device, batch_size=batch)
     if v.release == "dp":
         release = dp_release(outcome.labels, outcome.probabilities, noise_multiplier=v.noise_multiplier,
                              generator=os_seeded_generator(torch.device("cpu")))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shlex
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,11 +18,18 @@ from configs.schema import ExperimentConfig
 from configs.validate import validate_experiment
 
 CONFIG_DIR = Path(__file__).resolve().parent
+# Hydra's compose API keeps a process-wide GlobalHydra: one composition at a time per process.
+_COMPOSE = threading.Lock()
 
 
 def split_overrides(text: str) -> list[str]:
-    """Split an override string as a shell would: 'a=1 "b=x y"' -> ['a=1', 'b=x y']."""
-    return shlex.split(text)
+    """Split an override string as a shell would: 'a=1 "b=x y"' -> ['a=1', 'b=x y'].
+
+    Raises ConfigError for a string a shell could not split (an unclosed quote)."""
+    try:
+        return shlex.split(text)
+    except ValueError as exc:
+        raise ConfigError(f"overrides: cannot be split into key=value words ({exc})", field="overrides") from exc
 
 
 def compose_raw(overrides: Sequence[str] = ()) -> dict[str, object]:
@@ -33,7 +41,7 @@ def compose_raw(overrides: Sequence[str] = ()) -> dict[str, object]:
     """
     check_overrides(overrides, schema=ExperimentConfig, config_dir=CONFIG_DIR)
     try:
-        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        with _COMPOSE, initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
             cfg = compose(config_name="config", overrides=list(overrides))
         raw = OmegaConf.to_container(cfg, resolve=True)
     except (HydraException, OmegaConfBaseException) as exc:

@@ -164,6 +164,7 @@ class SiteLimits:
     max_data_memory_mb: int = 4096       # the site's arrays (images: patients x size^2 x 4 bytes, twice)
     max_batch_memory_mb: int = 4096      # activations of one expected Poisson batch
     cache_mb: int = 4096                 # preprocessing cache quota (least recently used entries go first)
+    max_ledger_mechanisms: int = 64      # distinct (sigma, q) pairs a dataset's lifetime may compose
 
 
 @dataclass(frozen=True)

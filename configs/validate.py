@@ -43,6 +43,7 @@ def validate_experiment(cfg: ExperimentConfig) -> None:
     """Raise ConfigError naming the first field whose value cannot work."""
     m = RELEASE_MAXIMA
     _in_range(cfg.rounds, 1, m["rounds"], "rounds")
+    _require(0 <= cfg.seed < 2**63, "seed", "must be in [0, 2^63)")
     _validate_data(cfg)
     widths = (*cfg.model.image_channels, cfg.model.lab_hidden, cfg.model.note_dim, cfg.model.embed_dim,
               cfg.model.fusion_hidden)

@@ -91,11 +91,11 @@ def _report(args: argparse.Namespace, console: Console) -> int:
         console.print(f"[bold]dataset {d.dataset}[/bold]: lifetime ε {d.lifetime_epsilon:.3f} of {d.cap:g} "
                       f"(δ {d.lifetime_delta:g}), remaining {d.remaining:.3f}", soft_wrap=True)
         table = Table()
-        for name in ("run", "round", "σ", "q", "steps", "run ε", "lifetime ε", "recorded"):
+        for name in ("run", "round", "release", "σ", "q", "steps", "run ε", "lifetime ε", "recorded"):
             table.add_column(name, justify="right", overflow="fold")  # never hide audit data
         for s in d.spends:
-            table.add_row(s.run_id, str(s.round), f"{s.noise_multiplier:.3f}", f"{s.sample_rate:.4f}", str(s.steps),
-                          f"{s.run_epsilon:.3f}", f"{s.lifetime_epsilon:.3f}", s.recorded_at)
+            table.add_row(s.run_id, str(s.round), s.kind, f"{s.noise_multiplier:.3f}", f"{s.sample_rate:.4f}",
+                          str(s.steps), f"{s.run_epsilon:.3f}", f"{s.lifetime_epsilon:.3f}", s.recorded_at)
         console.print(table)
     if args.plot:
         args.plot.write_text(report_html(datasets, GUARANTEE), encoding="utf-8")

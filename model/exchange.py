@@ -32,10 +32,12 @@ def check_weights(arrays: Mapping[str, np.ndarray], reference: Mapping[str, torc
         if tuple(value.shape) != tuple(ref.shape):
             raise WeightsRefused(f"weight {key!r}: shape {value.shape} != model {tuple(ref.shape)}")
         expected = torch.empty(0, dtype=ref.dtype).numpy().dtype  # aggregation may widen floats: same kind
-        if value.dtype.kind != expected.kind:
+        if value.dtype.kind != expected.kind or value.dtype.itemsize > 8:
             raise WeightsRefused(f"weight {key!r}: dtype {value.dtype} is not the model's kind ({ref.dtype})")
-        if value.dtype.kind == "f" and not np.isfinite(value).all():
-            raise WeightsRefused(f"weight {key!r}: holds NaN or infinite values")
+        # finite in the model's own precision: 1e300 as float64 is finite, as float32 it is inf
+        with np.errstate(over="ignore", invalid="ignore"):
+            if value.dtype.kind == "f" and not np.isfinite(value.astype(expected, copy=False)).all():
+                raise WeightsRefused(f"weight {key!r}: holds NaN or infinite values (in {ref.dtype})")
 
 
 def load_numpy_state(module: nn.Module, arrays: Mapping[str, np.ndarray]) -> None:

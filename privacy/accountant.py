@@ -153,5 +153,38 @@ def calibrate_noise(*, target_epsilon: float, delta: float, sample_rate: float, 
         raise ValueError(f"sample_rate must be in (0, 1], got {sample_rate}")
     if extra and epsilon_spent(extra, delta, accountant, magnitude=target_epsilon) >= target_epsilon:
         raise ArithmeticError(f"the other releases alone spend more than epsilon {target_epsilon}")
+    start = _gdp_start(target_epsilon, delta, sample_rate, steps, extra)
     return fit_sigma(lambda s: [MechanismUse(s, sample_rate, steps), *extra], delta=delta,
-                     epsilon=target_epsilon, accountant=accountant)
+                     epsilon=target_epsilon, accountant=accountant, start=start)
+
+
+def _gdp_mu(epsilon: float, delta: float) -> float:
+    """The mu of mu-GDP whose (epsilon, delta) curve meets `delta` at `epsilon` (Dong, Roth and Su
+    2019, Corollary 2.13: delta = Phi(-eps/mu + mu/2) - e^eps Phi(-eps/mu - mu/2)), by bisection."""
+    def phi(x: float) -> float:
+        return 0.5 * math.erfc(-x / math.sqrt(2))
+
+    def gdp_delta(mu: float) -> float:
+        return phi(-epsilon / mu + mu / 2) - math.exp(epsilon) * phi(-epsilon / mu - mu / 2)
+
+    low, high = 1e-6, 1.0
+    while gdp_delta(high) < delta and high < 1e4:
+        high *= 2
+    for _ in range(60):
+        mid = (low + high) / 2
+        low, high = (mid, high) if gdp_delta(mid) < delta else (low, mid)
+    return low
+
+
+def _gdp_start(epsilon: float, delta: float, sample_rate: float, steps: int, extra: Sequence[MechanismUse]) -> float:
+    """A starting sigma for the search, from the central limit theorem of Bu et al. (2020, "Deep
+    learning with Gaussian differential privacy"): T steps at (sigma, q) are about mu-GDP with
+    mu = q sqrt(T (e^(1/sigma^2) - 1)), and mu^2 adds up over entries. Only a start: the
+    accountants decide (GDP is not an upper bound, dp-opacus notes)."""
+    def mu_squared(h: MechanismUse) -> float:
+        return h.sample_rate ** 2 * h.steps * math.expm1(min(1 / h.noise_multiplier ** 2, 700.0))
+
+    room = _gdp_mu(epsilon, delta) ** 2 - sum(mu_squared(h) for h in merge(extra))
+    if room <= 0:
+        return 10.0
+    return 1 / math.sqrt(math.log1p(room / (sample_rate ** 2 * steps)))

@@ -10,6 +10,7 @@ RUN_BUDGET = 702
 LEDGER_UNREADABLE = 703
 EVAL_TOO_SMALL = 704
 EVAL_LIMIT = 705
+ACCOUNTING_LIMIT = 706
 
 REASONS = {
     LIFETIME_BUDGET: "declined: the round would exceed the site's lifetime privacy budget",
@@ -17,6 +18,8 @@ REASONS = {
     LEDGER_UNREADABLE: "declined: the site's privacy ledger is unreadable; it will not train until fixed",
     EVAL_TOO_SMALL: "declined: too few held-out patients to report validation metrics",
     EVAL_LIMIT: "declined: the site's limit of evaluation requests per run is reached",
+    ACCOUNTING_LIMIT: "declined: the site's ledger holds as many distinct noise settings as its policy allows; "
+                      "a privacy officer must review",
 }
 
 

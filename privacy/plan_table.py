@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from privacy.accountant import MechanismUse, epsilon_spent
-from privacy.planning import plan_noise, steps_per_epoch
+from privacy.planning import plan_noise, poisson_schedule
 
 
 @dataclass(frozen=True)
@@ -36,13 +36,13 @@ def make_plan(*, dataset_size: int, batch_size: int, local_epochs: int, rounds: 
     """Calibrate σ to `target_epsilon` (or take `sigma`) and list ε after every round."""
     if (target_epsilon is None) == (sigma is None):
         raise ValueError("give exactly one of a target epsilon or a noise multiplier (sigma)")
-    per_epoch = steps_per_epoch(dataset_size, batch_size)
-    per_round = per_epoch * local_epochs
+    schedule = poisson_schedule(dataset_size, batch_size)
+    per_round = schedule.steps * local_epochs
     if sigma is None:
         sigma = plan_noise(num_examples=dataset_size, batch_size=batch_size, local_epochs=local_epochs,
                            rounds=rounds, target_epsilon=float(target_epsilon), delta=delta,
                            accountant=accountant).noise_multiplier
-    q = 1.0 / per_epoch
+    q = schedule.sample_rate
     rows = tuple(PlannedRound(r, r * per_round, epsilon_spent([MechanismUse(sigma, q, r * per_round)], delta, accountant))
                  for r in range(1, rounds + 1))
     return PrivacyPlan(sigma, q, per_round, delta, accountant, target_epsilon, rows)

@@ -11,10 +11,23 @@ from privacy.accountant import calibrate_noise, epsilon_spent, fit_sigma
 from privacy.mechanism import MechanismUse
 
 MAX_NOISE_MULTIPLIER = 100.0  # beyond this a round teaches the model nothing: the budget is spent
+SIGMA_GRID = 1.01             # planned noise multipliers are rounded UP to powers of this ratio
+
+
+def on_grid(sigma: float) -> float:
+    """`sigma` rounded up to the next power of SIGMA_GRID (at most 1 % more noise): runs planned
+    alike share a (sigma, q) entry, so a dataset's lifetime composes few distinct mechanisms and
+    its accounting stays fast however many runs it sees."""
+    return SIGMA_GRID ** math.ceil(math.log(sigma, SIGMA_GRID) - 1e-9)
 
 
 class BudgetExhausted(ArithmeticError):
-    """No noise multiplier lets the planned run fit the remaining budget."""
+    """No useful noise multiplier lets the planned run fit its budget: `lifetime` True when the
+    dataset's lifetime budget is what is missing, False when the run's own target is too small."""
+
+    def __init__(self, message: str, *, lifetime: bool) -> None:
+        super().__init__(message)
+        self.lifetime = lifetime
 
 
 @dataclass(frozen=True)
@@ -36,13 +49,25 @@ class LifetimeBudget:
     cap: float
 
 
-def steps_per_epoch(num_examples: int, batch_size: int) -> int:
-    """Opacus' Poisson loader: len(loader) = ceil(N / B) steps, sample rate 1 / that."""
+@dataclass(frozen=True)
+class PoissonSchedule:
+    """One epoch of Opacus' Poisson loader over N examples at expected batch size B."""
+
+    batches: int        # K = ceil(N / B): the plain loader's length
+    sample_rate: float  # q = 1 / K, each example's inclusion probability per step
+    steps: int          # int(1 / q): the Poisson loader's length (K - 1 for some K: float division)
+
+
+def poisson_schedule(num_examples: int, batch_size: int) -> PoissonSchedule:
+    """Exactly what opacus.data_loader.DPDataLoader.from_data_loader does: sample rate
+    1 / len(loader) and len(sampler) = int(1 / sample_rate). ValueError for N < 1 or B < 1."""
     if num_examples < 1:
         raise ValueError("cannot plan DP training on an empty training split")
     if batch_size < 1:
         raise ValueError(f"the expected batch size must be >= 1 (got {batch_size})")
-    return math.ceil(num_examples / batch_size)
+    batches = math.ceil(num_examples / batch_size)
+    sample_rate = 1 / batches
+    return PoissonSchedule(batches, sample_rate, int(1 / sample_rate))
 
 
 def plan_noise(*, num_examples: int, batch_size: int, local_epochs: int, rounds: int,
@@ -56,20 +81,24 @@ def plan_noise(*, num_examples: int, batch_size: int, local_epochs: int, rounds:
     Raises BudgetExhausted when even MAX_NOISE_MULTIPLIER would not fit (the extra releases or the
     lifetime history already use the budget), ValueError for an empty split or a bad batch size.
     """
-    per_epoch = steps_per_epoch(num_examples, batch_size)
-    sample_rate = 1.0 / per_epoch
-    per_round = per_epoch * local_epochs
+    schedule = poisson_schedule(num_examples, batch_size)
+    sample_rate = schedule.sample_rate
+    per_round = schedule.steps * local_epochs
     planned = per_round * rounds
     try:
         sigma = calibrate_noise(target_epsilon=target_epsilon, delta=delta, sample_rate=sample_rate,
                                 steps=planned, accountant=accountant, extra=[*prior, *extra])
     except ArithmeticError as exc:
-        raise BudgetExhausted(str(exc)) from exc
+        raise BudgetExhausted(str(exc), lifetime=False) from exc
+    if sigma > MAX_NOISE_MULTIPLIER:
+        raise BudgetExhausted(f"{planned} steps within epsilon {target_epsilon} need a noise multiplier above "
+                              f"{MAX_NOISE_MULTIPLIER:g}: no useful run; fewer steps or a larger epsilon",
+                              lifetime=False)
     sigma = max(sigma, min_noise_multiplier)
     if lifetime is not None:
-        run = MechanismUse(sigma, sample_rate, planned)
+        run = MechanismUse(on_grid(sigma), sample_rate, planned)
         sigma = _fit_lifetime(run, extra, lifetime, accountant)
-    return NoisePlan(sigma, sample_rate, per_round, planned)
+    return NoisePlan(on_grid(sigma), sample_rate, per_round, planned)
 
 
 def _fit_lifetime(run: MechanismUse, extra: Sequence[MechanismUse], budget: LifetimeBudget,
@@ -86,7 +115,7 @@ def _fit_lifetime(run: MechanismUse, extra: Sequence[MechanismUse], budget: Life
         return run.noise_multiplier
     if not fits(MAX_NOISE_MULTIPLIER):
         raise BudgetExhausted(f"the dataset's lifetime budget (epsilon {budget.cap}) leaves room only for noise "
-                              f"multipliers above {MAX_NOISE_MULTIPLIER:g}: no useful run fits")
+                              f"multipliers above {MAX_NOISE_MULTIPLIER:g}: no useful run fits", lifetime=True)
     sigma = fit_sigma(history, delta=budget.delta, epsilon=budget.cap, accountant=accountant,
                       start=run.noise_multiplier, ceiling=MAX_NOISE_MULTIPLIER)
     return max(sigma, run.noise_multiplier)

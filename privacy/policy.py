@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from configs.schema import PrivacyConfig, PrivacyPolicy
 from privacy.accountant import MechanismUse, epsilon_spent
-from privacy.decline import LIFETIME_BUDGET, RUN_BUDGET, RoundDeclined
+from privacy.decline import ACCOUNTING_LIMIT, LIFETIME_BUDGET, RUN_BUDGET, RoundDeclined
 from privacy.ledger import Spend
 
 SLACK = 1e-9  # floating-point slack only; epsilon above the cap by more than this is refused
@@ -89,8 +89,16 @@ def project(use: MechanismUse, acct: Account, *, terms: Terms, policy: PrivacyPo
     return Projection(run, max(life, acct.recorded_lifetime))
 
 
-def admit(use: MechanismUse, acct: Account, *, terms: Terms, policy: PrivacyPolicy) -> Projection:
-    """The projected spend if the release fits; RoundDeclined with the reason if it does not."""
+def admit(use: MechanismUse, acct: Account, *, terms: Terms, policy: PrivacyPolicy,
+          max_mechanisms: int | None = None) -> Projection:
+    """The projected spend if the release fits; RoundDeclined with the reason if it does not.
+
+    `max_mechanisms`: the most distinct (noise multiplier, sample rate) pairs the lifetime may
+    compose (accounting time grows with them); a release that would add one more is declined."""
+    distinct = {(s.noise_multiplier, s.sample_rate) for s in acct.lifetime}
+    if max_mechanisms is not None and (use.noise_multiplier, use.sample_rate) not in distinct \
+            and len(distinct) >= max_mechanisms:
+        raise RoundDeclined(ACCOUNTING_LIMIT, f"the lifetime already composes {len(distinct)} distinct mechanisms")
     projected = project(use, acct, terms=terms, policy=policy)
     if projected.lifetime_epsilon > policy.lifetime_epsilon + SLACK:
         raise RoundDeclined(LIFETIME_BUDGET, f"lifetime ε would reach {projected.lifetime_epsilon:.3f} "

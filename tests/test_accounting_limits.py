@@ -69,8 +69,53 @@ def test_the_plan_fits_what_the_lifetime_budget_still_allows() -> None:
                       delta=1e-5, accountant="prv", lifetime=LifetimeBudget(past, 1e-5, cap))
     run = MechanismUse(plan.noise_multiplier, plan.sample_rate, plan.planned_steps)
     assert epsilon_spent([*past, run], 1e-5, "prv") <= cap
-    assert epsilon_spent([*past, MechanismUse(plan.noise_multiplier / 1.01, plan.sample_rate, plan.planned_steps)],
-                         1e-5, "prv") > cap
+    assert epsilon_spent([*past, MechanismUse(plan.noise_multiplier / 1.03, plan.sample_rate, plan.planned_steps)],
+                         1e-5, "prv") > cap  # within the 0.2 % search and the 1 % grid of the smallest
     with pytest.raises(BudgetExhausted):
         plan_noise(num_examples=1600, batch_size=128, local_epochs=2, rounds=5, target_epsilon=8.0, delta=1e-5,
                    accountant="prv", lifetime=LifetimeBudget(past, 1e-5, cap - 1.2))
+
+
+@pytest.mark.parametrize("patients", [93, 99, 123, 186, 1600])
+def test_the_recorded_steps_are_the_steps_opacus_takes(patients: int) -> None:
+    """Opacus' Poisson loader takes int(1 / q) steps, which is ceil(N / B) - 1 for some N / B:
+    the site plans and records exactly that (a site once recorded 123 steps and took 122)."""
+    import torch
+    from opacus.data_loader import DPDataLoader
+    from torch.utils.data import DataLoader, TensorDataset
+    from privacy.planning import poisson_schedule
+    for batch_size in (1, 128):
+        schedule = poisson_schedule(patients, batch_size)
+        loader = DPDataLoader.from_data_loader(DataLoader(TensorDataset(torch.zeros(patients)), batch_size=batch_size))
+        assert (schedule.steps, schedule.sample_rate) == (len(loader), loader.sample_rate)
+        assert schedule.batches == -(-patients // batch_size)
+
+
+def test_a_recipe_only_absurd_noise_could_make_private_is_declined_not_planned() -> None:
+    """10 000 full-batch steps within epsilon 8 need sigma > 100: declined (run ceiling), quickly."""
+    with pytest.raises(BudgetExhausted) as exhausted:
+        plan_noise(num_examples=96, batch_size=10000, local_epochs=100, rounds=100, target_epsilon=8.0,
+                   delta=1e-5, accountant="prv", extra=[MechanismUse(5.0, 1.0, 50)])
+    assert exhausted.value.lifetime is False
+
+
+def test_the_number_of_distinct_mechanisms_in_a_lifetime_is_bounded() -> None:
+    """Each distinct (sigma, q) costs accounting time in every later round: beyond the site's
+    limit, a release with a new one is declined (706); planned sigmas sit on a 1 % grid."""
+    from configs.schema import PrivacyConfig, PrivacyPolicy
+    from privacy.decline import ACCOUNTING_LIMIT, RoundDeclined
+    from privacy.ledger import Spend
+    from privacy.planning import on_grid
+    from privacy.policy import Account, admit, tighten
+    spends = [Spend("ds", f"r{i}", 1, on_grid(2.0 + 0.1 * i), 0.1, 10, 1e-5, 0.1, 0.1, 1e-5, 50.0, "prv", "t")
+              for i in range(4)]
+    acct = Account([], spends, [])
+    terms = tighten(PrivacyConfig(8.0, 1e-5, 1.0, "prv", "bk"), PrivacyPolicy(lifetime_epsilon=50.0))
+    admit(MechanismUse(spends[0].noise_multiplier, 0.1, 10), acct, terms=terms, policy=PrivacyPolicy(lifetime_epsilon=50.0),
+          max_mechanisms=4)  # an existing one: fine
+    with pytest.raises(RoundDeclined) as declined:
+        admit(MechanismUse(on_grid(9.0), 0.1, 10), acct, terms=terms, policy=PrivacyPolicy(lifetime_epsilon=50.0),
+              max_mechanisms=4)
+    assert declined.value.code == ACCOUNTING_LIMIT
+    assert on_grid(1.0) == pytest.approx(1.0) and on_grid(1.0101) == pytest.approx(1.01 ** 2)
+    assert 0.8738 <= on_grid(0.8738) <= 0.8738 * 1.01

@@ -224,3 +224,39 @@ def test_sampling_rate_noise_scale_and_generators_are_opacus_with_os_seeds(exper
     assert noise.initial_seed() != b.optimizer.generator.initial_seed()
     a.step(data, data.label)
     assert a.history() == [MechanismUse(1.0, 1 / 3, 1)]
+
+
+def _extreme_weights(model: FusionModel) -> None:
+    """Finite weights that make every sample's lab embedding 2.5e18 and head.0's output gradient
+    ~1e-19: ||a||^2 ||g||^2 in float32 underflows (flushes) to 0 while g a^T is O(1) (red team)."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+        model.labs.mlp[0].bias.fill_(1.0)
+        model.labs.mlp[2].bias.fill_(2.5e18)
+        d = model.labs.mlp[2].out_features
+        model.head[0].weight[:, d:2 * d] = 1e-30
+        model.head[0].bias.fill_(1e-10)
+        model.head[2].weight.fill_(2e-19)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_extreme_finite_activations_cannot_escape_clipping(experiment: ExperimentConfig, mode: str) -> None:
+    """With flush-to-zero on (as at a site), a per-sample norm assembled from factors must not
+    underflow where the gradient written does not: one sample still moves the model by <= C."""
+    clip = 0.01
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as at a site; flush-to-zero is per thread
+    torch.set_flush_denormal(True)
+    try:
+        for i in range(3):
+            one = _rows(_batch(experiment), slice(i, i + 1))
+            model = _model(experiment)
+            _extreme_weights(model)
+            before = _flat(model)
+            _private(model, one, batch_size=1, mode=mode, sigma=0.0, clip=clip).step(one, one.label)
+            moved = float((_flat(model) - before).norm())
+            assert moved <= clip * (1 + 1e-5), (mode, i, moved)
+    finally:
+        torch.set_flush_denormal(False)
+        torch.set_num_threads(threads)

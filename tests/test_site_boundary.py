@@ -140,3 +140,59 @@ def test_the_preprocessing_cache_stays_within_the_sites_quota(site_copy: Path, t
         assert sum(p.stat().st_size for p in entries) <= 1 << 20
     too_big = send("evaluate", site_copy, state, f"{SMALL_RUN} data.image_size=64")  # 120 x 16 KiB > 1 MiB
     assert too_big.has_error() and too_big.error.code == ERROR_CONFIG and "cache quota" in too_big.error.reason
+
+
+def test_weights_finite_only_in_a_wider_type_or_of_an_odd_type_are_refused(site_copy: Path, tmp_path: Path) -> None:
+    """1e300 is finite as float64 and infinite in the model's float32; long doubles are no model's."""
+    for widen in (lambda v: np.full_like(v, 1e300, dtype=np.float64), lambda v: v.astype(np.longdouble)):
+        weights = initial_weights(SMALL_RUN)
+        weights["head.0.weight"] = widen(weights["head.0.weight"])
+        reply = send("train", site_copy, tmp_path / "state", weights=weights)
+        assert reply.has_error() and reply.error.code == ERROR_WEIGHTS
+    assert not (tmp_path / "state" / LEDGER_FILE).exists()
+
+
+def test_the_site_s_own_settings_cannot_be_probed_by_restating_them(site_copy: Path, tmp_path: Path) -> None:
+    """Only the release's own value may be restated; the site's own (here a 36 h lab window and
+    the first frame) is refused like any other, so replies do not reveal site.yaml."""
+    with (site_copy / "site.yaml").open("a") as fh:
+        fh.write("data: {lab_window_hours: 36, frame_policy: first}\n")
+    state = tmp_path / "state"
+    for probe in ("data.lab_window_hours=36", "data.lab_window_hours=48", "data.frame_policy=first"):
+        reply = send("evaluate", site_copy, state, f"{SMALL_RUN} {probe}")
+        assert reply.has_error() and reply.error.code == ERROR_CONFIG, probe
+        assert "36" not in reply.error.reason and "first" not in reply.error.reason.replace(probe, "")
+    metrics(send("evaluate", site_copy, state, f"{SMALL_RUN} data.lab_window_hours=72"))  # the release's value
+
+
+@pytest.mark.parametrize("overrides", ['rounds=2 data.root="', "seed=99999999999999999999999"])
+def test_malformed_overrides_are_refused_not_internal_errors(site_copy: Path, tmp_path: Path, overrides: str) -> None:
+    reply = send("evaluate", site_copy, tmp_path / "state", overrides, weights=initial_weights(SMALL_RUN))
+    assert reply.has_error() and reply.error.code == ERROR_CONFIG
+
+
+def test_memory_of_per_sample_gradients_and_of_evaluation_is_bounded(site_copy: Path, tmp_path: Path) -> None:
+    """hooks/ew/ghost keep a per-sample gradient of every parameter: counted in the batch memory
+    limit. Evaluation works in chunks that fit the same limit."""
+    with (site_copy / "site.yaml").open("a") as fh:
+        fh.write("limits: {max_batch_memory_mb: 256}\n")
+    big = "data.note_buckets=65536 model.note_dim=32 train.batch_size=10000"
+    for mode, code in (("hooks", ERROR_CONFIG), ("ew", ERROR_CONFIG)):
+        reply = send("train", site_copy, tmp_path / mode, f"{SMALL_RUN} {big} privacy.grad_sample_mode={mode}",
+                     weights=initial_weights(f"{SMALL_RUN} {big}"))
+        assert reply.has_error() and reply.error.code == code and "train.batch_size" in reply.error.reason
+    from client.site_round import _evaluation_batch, prepare
+    job = prepare(f"{SMALL_RUN} data.image_size=256 model.image_channels=[64] train.batch_size=1",
+                  {"data-path": str(site_copy), "state-dir": str(tmp_path / "eval")},
+                  initial_weights(f"{SMALL_RUN} data.image_size=256 model.image_channels=[64] train.batch_size=1"))
+    from model.networks import activation_bytes
+    per_patient = activation_bytes(job.cfg.model, image_size=256, note_tokens=job.cfg.data.note_max_tokens)
+    assert 1 <= _evaluation_batch(job) * per_patient <= 256 << 20 and _evaluation_batch(job) < 256
+
+
+def test_concurrent_messages_in_one_process_are_not_internal_errors(site_copy: Path, tmp_path: Path) -> None:
+    """Hydra's compose API is process-global: the site composes one request at a time."""
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(3) as pool:
+        replies = list(pool.map(lambda i: send("evaluate", site_copy, tmp_path / f"state-{i}"), range(3)))
+    assert all(not r.has_error() for r in replies), [r.error.code for r in replies if r.has_error()]

@@ -54,12 +54,18 @@ class _LayerGradient:
         """c: clip factors [B], 0 for a masked sample; keep: [B] bool, False for a masked sample
         (None: none is). A masked sample's rows become zeros first (torch.where: its activations
         may be inf and 0 * inf = NaN), so it adds exactly zero to the sum."""
+        c = c.to(self.rows[0].dtype)
         self.write(c, *(self.rows if keep is None else (zero_rows(r, keep) for r in self.rows)))
 
 
 def _sq_norms(x: torch.Tensor) -> torch.Tensor:
-    """Squared L2 norm of each row of a [B, ...] tensor (one fused reduction)."""
-    return torch.linalg.vector_norm(x, dim=tuple(range(1, x.dim()))).square()
+    """Squared L2 norm of each row of a [B, ...] tensor, in float64 [B].
+
+    Float64 on purpose: a norm assembled from factors (||a||^2 ||g||^2, Gram matrices) must not
+    underflow or flush to zero where the product written to `.grad` does not: crafted weights can
+    make a patient's activations ~1e18 and its output gradient ~1e-19, whose float32 square is
+    denormal (0 with flush-to-zero), and that patient would not be clipped at all."""
+    return torch.linalg.vector_norm(x, dim=tuple(range(1, x.dim())), dtype=torch.float64).square()
 
 
 def _set_grad(p: torch.nn.Parameter | None, value: torch.Tensor) -> None:
@@ -118,14 +124,15 @@ def _conv2d(m: nn.Conv2d, a: torch.Tensor, g: torch.Tensor, im2col: _Im2col) -> 
     ghost = 2 * positions * positions < out * k          # the cheaper way to a per-sample norm
     keep = not ghost and out * k <= a[0].numel() + g[0].numel()  # per-sample matrices are the smaller
     per_sample = g.new_empty(b, out, k) if keep else None
-    weight_sq = g.new_empty(b)
+    weight_sq = torch.empty(b, dtype=torch.float64, device=g.device)
     rows = max(1, _CHUNK_ELEMENTS // (k * positions))   # bounds the im2col memory
     for start in range(0, b, rows):
         part = slice(start, start + rows)
         cols = im2col(a[part], g.shape[2:])              # [n, L, K]; valid until the next call
-        if ghost:  # ||g_b cols_b^T||^2 = <g_b^T g_b, cols_b cols_b^T>: two L x L Gram matrices
-            gram = torch.bmm(g3[part].transpose(1, 2), g3[part])
-            weight_sq[part] = (gram * torch.bmm(cols, cols.transpose(1, 2))).sum((1, 2))
+        if ghost:  # ||g_b cols_b^T||^2 = <g_b^T g_b, cols_b cols_b^T>: two L x L Gram matrices (float64)
+            g64, cols64 = g3[part].double(), cols.double()
+            gram = torch.bmm(g64.transpose(1, 2), g64)
+            weight_sq[part] = (gram * torch.bmm(cols64, cols64.transpose(1, 2))).sum((1, 2))
         elif keep:
             weight_sq[part] = _sq_norms(torch.bmm(g3[part], cols, out=per_sample[part]))
         else:
@@ -163,8 +170,8 @@ def _embedding(m: nn.Embedding, ids: torch.Tensor, g: torch.Tensor) -> _LayerGra
     sample = torch.arange(b, device=ids.device).repeat_interleave(len(ids) // b)
     pairs, pair_of_token = torch.unique(sample * m.num_embeddings + ids, return_inverse=True)
     rows = g.new_zeros(len(pairs), dim).index_add_(0, pair_of_token, g)
-    sq = g.new_zeros(b).index_add_(0, torch.div(pairs, m.num_embeddings, rounding_mode="floor"),
-                                   _sq_norms(rows))
+    sq = torch.zeros(b, dtype=torch.float64, device=g.device).index_add_(
+        0, torch.div(pairs, m.num_embeddings, rounding_mode="floor"), _sq_norms(rows))
 
     def write(c: torch.Tensor, g_rows: torch.Tensor) -> None:
         weighted = g_rows.reshape(-1, dim) * c[sample].unsqueeze(1)
@@ -278,7 +285,7 @@ class BookkeepingClipper:
         layers = self._layers
         self._start_forward(None, ())
         norms = (torch.stack([layer.sq_norms for layer in layers]).sum(0).sqrt() if layers
-                 else mean_loss.new_zeros(batch_size))
+                 else mean_loss.new_zeros(batch_size, dtype=torch.float64))
         keep = kept_samples(norms, finite_losses)   # None: every sample kept (the fast path)
         factors = clip_factors(norms, self.max_grad_norm, keep)
         for layer in layers:
@@ -286,7 +293,7 @@ class BookkeepingClipper:
         for p in self._params:  # a layer whose output did not reach the loss: its clipped sum is zero
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
-        self.per_sample_gradient_norms = norms.detach()
+        self.per_sample_gradient_norms = norms.detach().to(mean_loss.dtype)  # computed in float64
 
     def close(self) -> None:
         for handle in self._handles:

@@ -108,6 +108,8 @@ class PrivateTraining:
     criterion: Any
     grad_sample_mode: str
     clipper: BookkeepingClipper | None = None
+    compute_dtype: torch.dtype | None = None  # ghost: the model trains in float64 (see _make_opacus)
+    restore_dtype: torch.dtype | None = None  # ... and is converted back on close()
 
     def loss(self, inputs: Any, target: torch.Tensor) -> Any:
         """The criterion's batch mean on the wrapped model (inputs: B samples, target [B]), with
@@ -115,6 +117,8 @@ class PrivateTraining:
         the sample is masked, privacy/finite_clipping.py). A Tensor (hooks, ew), a FiniteGhostLoss
         (ghost) or a _BookkeptLoss (bk); all support `.backward()`, `.detach()`, `.item()`. The
         batch must not be empty (an empty mean is NaN); `step` handles empty batches."""
+        if self.compute_dtype is not None:
+            inputs, target = _floats_to(inputs, self.compute_dtype), target.to(self.compute_dtype)
         if self.grad_sample_mode == GHOST:
             return self.criterion(inputs, target)
         output = self.model(target, inputs) if self.grad_sample_mode == EW else self.model(inputs)
@@ -167,6 +171,16 @@ class PrivateTraining:
         close = getattr(self.model, "_close", None)
         if callable(close):
             close()
+        if self.restore_dtype is not None:
+            self.model.to(self.restore_dtype)
+
+
+def _floats_to(batch: Any, dtype: torch.dtype) -> Any:
+    """A batch-first tensor, or a (Named)tuple of them, with its floating-point tensors in `dtype`."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(dtype) if batch.is_floating_point() else batch
+    converted = [_floats_to(t, dtype) for t in batch]
+    return type(batch)(*converted) if hasattr(batch, "_fields") else type(batch)(converted)
 
 
 def os_seeded_generator(device: torch.device) -> torch.Generator:
@@ -228,6 +242,13 @@ def _make_opacus(model: nn.Module, optimizer: Optimizer, loader: DataLoader, set
     mode = settings.grad_sample_mode
     if mode == EW:
         model = _BatchSized(model)  # shares the parameters: the caller's model is still trained
+    restore = None
+    if mode == GHOST:
+        # Opacus' ghost norm of a Linear layer is ||a||^2 ||g||^2 in the model's precision: crafted
+        # weights can make one patient's ||g||^2 underflow in float32 (activations ~1e18, output
+        # gradients ~1e-19) so that it is never clipped. In float64 the same weights cannot.
+        restore = next(model.parameters()).dtype
+        model.to(torch.float64)  # in place: the optimizer keeps the same Parameter objects
     device = next(model.parameters()).device
     private_model = engine._prepare_model(model, batch_first=True, max_grad_norm=settings.max_grad_norm,
                                           loss_reduction="mean", grad_sample_mode=mode)
@@ -241,7 +262,8 @@ def _make_opacus(model: nn.Module, optimizer: Optimizer, loader: DataLoader, set
         generator=os_seeded_generator(device), secure_mode=False)
     _attach_accountant(private_opt, engine, sample_rate)
     private_criterion = FiniteGhostCriterion(private_model, private_opt, criterion) if mode == GHOST else criterion
-    return PrivateTraining(private_model, private_opt, private_loader, engine, private_criterion, mode)
+    return PrivateTraining(private_model, private_opt, private_loader, engine, private_criterion, mode,
+                           compute_dtype=torch.float64 if restore is not None else None, restore_dtype=restore)
 
 
 def _make_bookkept(model: nn.Module, optimizer: Optimizer, loader: DataLoader, settings: DPSettings,
