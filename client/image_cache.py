@@ -240,9 +240,10 @@ def _read_entry(path: Path, size: int) -> np.ndarray | str | None:
     return found
 
 
-def _write_entry(path: Path, payload: bytes, used: set[Path] | None) -> None:
-    if used is not None:
-        used.add(path)
+def _write_entry(path: Path, payload: bytes, used: set[Path] | None, written: set[Path] | None = None) -> None:
+    for paths in (used, written):
+        if paths is not None:
+            paths.add(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         write_atomic(path, payload, mode=0o600)
@@ -265,10 +266,11 @@ def _lookup(cache_dir: Path, digest: str, size: int, window: tuple[float, float]
 
 def load_image_cached(path: Path, *, cache_dir: Path, size: int,
                       window: tuple[float, float] | None, frame_policy: str = "middle",
-                      used: set[Path] | None = None) -> np.ndarray:
+                      used: set[Path] | None = None, written: set[Path] | None = None) -> np.ndarray:
     """`read_image(path, ...)`, served from `cache_dir` when this content was seen before.
 
-    `used` (if given) gets the path of the entry read or written (none for a transient reason).
+    `used` (if given) gets the path of the entry read or written (none for a transient reason);
+    `written` (if given) only the path of an entry written (a miss).
     Raises UnusableImage (cached too) exactly as read_image does.
     """
     check_arguments(size, window, frame_policy)
@@ -300,7 +302,7 @@ def load_image_cached(path: Path, *, cache_dir: Path, size: int,
                  else image_from_bytes(data, size=size, window=window, frame_policy=frame_policy))
     except UnusableImage as bad:
         if bad.reason not in TRANSIENT_REASONS:
-            _write_entry(entry, REASON_TAG + bad.reason.encode("utf-8"), used)
+            _write_entry(entry, REASON_TAG + bad.reason.encode("utf-8"), used, written)
         raise
-    _write_entry(entry, image_payload(image), used)
+    _write_entry(entry, image_payload(image), used, written)
     return image

@@ -73,19 +73,21 @@ def _images(site: Path, ids: list[str], cfg: DataConfig, cache_dir: Path, report
     report.tables["manifest"] = table.name if table else None
     window = None if cfg.window_center is None else (cfg.window_center, cfg.window_width or 1.0)
     used: set[Path] = set()
+    written: set[Path] = set()
     for i, pid in enumerate(ids):
         if pid not in paths:
             continue
         try:
             out[i] = load_image_cached(paths[pid], cache_dir=cache_dir, size=cfg.image_size,
-                                       window=window, frame_policy=cfg.frame_policy, used=used)
+                                       window=window, frame_policy=cfg.frame_policy, used=used, written=written)
             present[i] = True
         except UnusableImage as bad:
             report.quarantined_images[bad.reason] += 1
-    try:
-        prune_cache(cache_dir, max_bytes=cache_bytes, keep=used)
-    except OSError:
-        pass  # a cache that cannot be pruned only costs disk; the limits check bounds one load's entries
+    if written:  # only new entries can have taken the cache over its quota
+        try:
+            prune_cache(cache_dir, max_bytes=cache_bytes, keep=used)
+        except OSError:
+            pass  # a cache that cannot be pruned only costs disk; the limits check bounds one load's entries
     return out, present
 
 

@@ -25,7 +25,7 @@ from client.site_data import SiteArrays, SiteDataError, load_site
 from client.site_file import read_site_file
 from client.trainer import evaluate, pick_device, split_dataset, train_dp
 from client.validation_release import binned_metrics, dp_release, exact_release
-from configs.load import load_experiment, split_overrides
+from configs.load import load_experiment, released_experiment, split_overrides
 from configs.parse import ConfigError
 from configs.schema import ExperimentConfig, SiteFileConfig
 from model.exchange import check_weights, load_numpy_state, state_to_numpy
@@ -71,7 +71,7 @@ def prepare(overrides: str, node_config: Mapping[str, object], weights: Mapping[
     Raises ConfigError (602), SiteDataError (601) or model.exchange.WeightsRefused.
     """
     items = split_overrides(overrides)
-    requested, released = load_experiment(items), load_experiment([])
+    requested, released = load_experiment(items), released_experiment()
     site = site_settings(node_config, requested.data.root)
     site_file = read_site_file(site.site_file, released.data, required=site.site_file_explicit)
     cfg = site_experiment(requested, released, site_file)

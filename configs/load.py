@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import shlex
 import threading
 from collections.abc import Sequence
@@ -55,6 +56,12 @@ def load_experiment(overrides: Sequence[str] = ()) -> ExperimentConfig:
     experiment = parse_dataclass(ExperimentConfig, compose_raw(overrides))
     validate_experiment(experiment)
     return experiment
+
+
+@functools.lru_cache(maxsize=1)
+def released_experiment() -> ExperimentConfig:
+    """The released configs/ without any override (immutable, so composed once per process)."""
+    return load_experiment([])
 
 
 def to_yaml(overrides: Sequence[str] = ()) -> str:
