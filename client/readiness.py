@@ -13,8 +13,12 @@ from typing import Any
 
 from client.site import SiteSettings
 from client.site_data import LoadReport, SiteArrays, SiteDataError, load_site
+from client.labels import read_labels
+from client.recipe import check_data_limits, site_experiment
 from client.site_file import read_site_file
-from configs.schema import DataConfig, SiteFileConfig
+from configs.load import released_experiment
+from configs.parse import ConfigError
+from configs.schema import DataConfig, ExperimentConfig, SiteFileConfig
 from privacy.accountant import epsilon_spent
 from privacy.ledger import LEDGER_FILE, Ledger, LedgerError
 from privacy.policy import account
@@ -99,14 +103,20 @@ def _privacy_warnings(site_file: SiteFileConfig, privacy: dict[str, Any]) -> lis
     return out
 
 
-def check_site(site: SiteSettings, data: DataConfig) -> Readiness:
+def check_site(site: SiteSettings, data: DataConfig, recipe: ExperimentConfig | None = None) -> Readiness:
     """Load the site exactly as training would (warming the cache) and judge it.
 
     `data`: the requested data configuration (the released catalogue plus the recipe's image size
-    and note settings); what the data means comes from the site's own site.yaml.
+    and note settings); what the data means comes from the site's own site.yaml. `recipe` (the
+    whole requested configuration): also checked against the site's limits and ownership, as a
+    coordinator's request would be, before anything is loaded.
     """
     try:
         site_file = read_site_file(site.site_file, data, required=site.site_file_explicit)
+        if recipe is not None:
+            refused = _refusal(site, site_file, recipe)
+            if refused:
+                return Readiness(site.name, False, refused, (), None)
         own = dataclasses.replace(site_file.data or data, image_size=data.image_size,
                                   note_buckets=data.note_buckets, note_max_tokens=data.note_max_tokens)
         arrays, report = load_site(site.data_dir, own, cache_dir=site.cache_dir, site_file=site_file)
@@ -122,6 +132,16 @@ def check_site(site: SiteSettings, data: DataConfig) -> Readiness:
     warnings = [*_warnings(arrays, report, site_file.validation.min_patients), *_privacy_warnings(site_file, privacy)]
     return Readiness(site.name, reason is None, reason, tuple(warnings) if reason is None else (),
                      report, train, val, privacy)
+
+
+def _refusal(site: SiteSettings, site_file: SiteFileConfig, recipe: ExperimentConfig) -> str | None:
+    """Why this site would refuse `recipe` (602), or None."""
+    try:
+        cfg = site_experiment(recipe, released_experiment(), site_file)
+        check_data_limits(cfg, site_file.limits, patients=len(read_labels(site.data_dir).patient_ids))
+    except ConfigError as exc:
+        return f"this site refuses the requested configuration: {exc}"
+    return None
 
 
 def _relative(message: str, site: SiteSettings) -> str:

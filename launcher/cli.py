@@ -103,7 +103,7 @@ def _site_check(args: argparse.Namespace, console: Console) -> int:
     node |= {"state-dir": str(args.state_dir)} if args.state_dir else {}
     node |= {"site-config": str(args.site_config)} if args.site_config else {}
     site = site_settings(node, None)
-    verdict = check_site(site, cfg.data)
+    verdict = check_site(site, cfg.data, cfg)
     render(verdict, console)
     out = args.json or site.state_dir / "readiness.json"
     out.parent.mkdir(parents=True, exist_ok=True)

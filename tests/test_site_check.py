@@ -109,3 +109,15 @@ def test_the_shareable_report_repeats_no_cell_value_that_is_not_of_an_expected_s
     assert report["lab_rows_dropped"]["unit not convertible for 2345-7 (a unit that is not in the catalogue)"] == 1
     for text in (out.read_text(), done.stdout):
         assert not any(secret in text for secret in secrets)
+
+
+def test_the_check_says_when_this_site_would_refuse_the_requested_configuration(small_sites: Path,
+                                                                                 tmp_path: Path) -> None:
+    """A site whose limits refuse the default recipe cannot join a default run: say so, and why."""
+    site = tmp_path / "site-a"
+    shutil.copytree(small_sites / "site-a", site)
+    with (site / "site.yaml").open("a") as fh:
+        fh.write("limits: {max_image_size: 16}\n")
+    done = site_check(site, "--state-dir", str(tmp_path / "state"))
+    assert done.returncode == 1 and "refuses the requested configuration: data.image_size" in done.stdout
+    assert site_check(site, "data.image_size=16", "--state-dir", str(tmp_path / "state")).returncode == 0
