@@ -3,7 +3,7 @@
     python bench/ingest.py [--n 200] [--size 224] [--compressed] [--seed 0]
 
 Writes N synthetic 512 x 512 int16 CT slices (explicit VR little endian, or RLE Lossless with
---compressed) to a temporary folder, loads them all through client.image_cache with an empty
+--compressed) to a temporary folder, loads them all through client.site_data.imaging.cache with an empty
 cache folder (first pass), then again with the warm cache three times (median reported).
 The first pass reads and hashes every file and records each digest in the cache's hash memo
 (keyed by the file's stat signature); cached passes stat each file and reuse the memoised digest
@@ -27,7 +27,7 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, RLELossless, generate_uid
 
-from client.image_cache import RECENT_S, load_image_cached  # the project is installed editable
+from client.site_data.imaging.cache import RECENT_S, load_image_cached  # the project is installed editable
 
 SIDE = 512
 TARGET_RATIO = 20.0

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from flwr.app import ArrayRecord, Array, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from client.site_data import SiteDataError
+from client.site_data.loader import SiteDataError
 from client.site_round import SiteJob, evaluate_round, prepare, train_round
 from configs.parse import ConfigError
 from model.exchange import WeightsRefused

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from client.site_data_errors import SiteDataError
+from client.site_data.errors import SiteDataError
 from privacy.ledger_marks import default_mark_dir
 
 SITE_FILE = "site.yaml"

@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from client.site_data_errors import SiteDataError
+from client.site_data.errors import SiteDataError
 from configs.parse import ConfigError, parse_dataclass
 from configs.schema import DataConfig, SiteFileConfig
 from configs.validate import ACCOUNTANTS, validate_data_meaning

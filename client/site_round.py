@@ -18,10 +18,10 @@ from datetime import datetime, timezone
 import numpy as np
 import torch
 
-from client.labels import read_labels
+from client.site_data.labels import read_labels
 from client.recipe import check_data_limits, site_experiment
 from client.site import SiteSettings, site_settings
-from client.site_data import SiteArrays, SiteDataError, load_site
+from client.site_data.loader import SiteArrays, SiteDataError, load_site
 from client.site_file import read_site_file
 from client.trainer import evaluate, pick_device, split_dataset, train_dp
 from client.validation_release import binned_metrics, dp_release, exact_release

@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from client.metrics import auroc
-from client.site_data import SiteArrays
+from client.site_data.loader import SiteArrays
 from configs.schema import TrainConfig
 from model.batch import ClinicalBatch
 from privacy.accountant import MechanismUse

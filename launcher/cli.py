@@ -49,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     console = Console()
     from configs.parse import ConfigError
-    from client.site_data import SiteDataError
+    from client.site_data.loader import SiteDataError
     from privacy.ledger import LedgerError
     try:
         if args.command == "synth":
@@ -93,8 +93,8 @@ def _site_modalities(specs: list[str]) -> dict[int, set[str]]:
 
 
 def _site_check(args: argparse.Namespace, console: Console) -> int:
-    from client.readiness import as_json, check_site
-    from client.readiness_view import render
+    from client.site_data.readiness.check import as_json, check_site
+    from client.site_data.readiness.view import render
     from client.site import site_settings
     from configs.load import load_experiment
     from storage.atomic import write_json

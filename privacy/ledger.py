@@ -27,6 +27,7 @@ import fcntl
 import hashlib
 import json
 import secrets
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -38,6 +39,8 @@ from storage.atomic import write_atomic
 
 LEDGER_FILE = "privacy-ledger.jsonl"
 WATERMARK_SUFFIX = ".watermark.json"
+READ_ATTEMPTS = 5  # a writer holds the lock for milliseconds; tampering persists
+READ_RETRY_S = 0.05
 TRAIN, EVALUATE = "train", "evaluate"
 _RESTORE = "restore the latest copy of the state folder, or ask the privacy officer to adopt this ledger " \
            "(`fedclinic privacy adopt`) — the site will not train on a record it cannot trust"
@@ -96,7 +99,22 @@ class Ledger:
                 if (dataset is None or s.dataset == dataset) and (run_id is None or s.run_id == run_id)]
 
     def _lines(self) -> list[str]:
-        """The ledger's lines, checked against the watermark and the high-water mark."""
+        """The ledger's lines, checked against the watermark and the high-water mark.
+
+        A reader outside `locked()` (site check, the officer's report) can fall between a writer's
+        three writes (ledger, watermark, mark) and see records ahead of the lines it read; it
+        reads again, READ_ATTEMPTS times in all, before calling the ledger untrustworthy.
+        """
+        for attempt in range(READ_ATTEMPTS):
+            try:
+                return self._checked_lines()
+            except LedgerError:
+                if attempt == READ_ATTEMPTS - 1:
+                    raise
+                time.sleep(READ_RETRY_S)
+        raise AssertionError("unreachable")
+
+    def _checked_lines(self) -> list[str]:
         lines = self._read_lines()
         watermark = self._read_watermark()
         _check_prefix(self.path, lines, watermark, self.watermark.name)

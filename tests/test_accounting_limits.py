@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from client.readiness import check_site
+from client.site_data.readiness.check import check_site
 from client.site import site_settings
 from configs.load import load_experiment
 from privacy.accountant import calibrate_noise, epsilon_spent, merge

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from client.site import site_settings
-from client.site_data import SiteDataError, load_site
+from client.site_data.loader import SiteDataError, load_site
 from client.site_file import read_site_file
 from configs.schema import ExperimentConfig
 from synth.hospitals import write_hospitals

@@ -15,9 +15,9 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 
-from client.cache_quota import STALE_TMP_S, PruneResult, _unlink, prune_cache
-from client.dicom_image import UnusableImage, read_image
-from client.image_cache import MEMO_DIR, RECENT_S, load_image_cached
+from client.site_data.imaging.quota import STALE_TMP_S, PruneResult, _unlink, prune_cache
+from client.site_data.imaging.dicom import UnusableImage, read_image
+from client.site_data.imaging.cache import MEMO_DIR, RECENT_S, load_image_cached
 
 SIZE = 16
 WINDOW = (40.0, 400.0)

@@ -15,8 +15,8 @@ import pydicom
 import pydicom.data
 import pytest
 
-from client.dicom_image import UnusableImage, read_image
-from client.dicom_reasons import is_known_reason
+from client.site_data.imaging.dicom import UnusableImage, read_image
+from client.site_data.imaging.reasons import is_known_reason
 
 ROOT = Path(pydicom.data.__file__).parent / "test_files"
 SIZE = 32

@@ -20,7 +20,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from client.dicom_image import UnusableImage, read_image
+from client.site_data.imaging.dicom import UnusableImage, read_image
 
 SIZE = 16
 RNG = np.random.default_rng(3)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from client.site_data import load_site
+from client.site_data.loader import load_site
 from client.trainer import evaluate, split_dataset, train_dp
 from configs.schema import ExperimentConfig
 from model.networks import build_model

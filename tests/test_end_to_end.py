@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from bad_inputs import CORPUS
-from client.site_data import validation_mask
+from client.site_data.loader import validation_mask
 from configs.load import load_experiment
 from model.networks import build_model
 from server.run_folder import load_checkpoint

@@ -16,8 +16,8 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-from client.dicom_image import UnusableImage, read_image
-from client.image_cache import (
+from client.site_data.imaging.dicom import UnusableImage, read_image
+from client.site_data.imaging.cache import (
     MEMO_DIR,
     RECENT_S,
     REASON_TAG,

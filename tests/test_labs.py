@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from client.labs import lab_matrix
+from client.site_data.labs import lab_matrix
 from configs.schema import ExperimentConfig, LabFeature, LocalLabCode
 
 GLUCOSE = LabFeature("2345-7", "glucose", "mg/dL", 110.0, 30.0, 5.0, 1500.0, {"mg/dL": 1.0, "mmol/L": 18.016})

@@ -11,7 +11,7 @@ import torch
 from opacus.accountants import PRVAccountant, RDPAccountant
 from torch.utils.data import TensorDataset
 
-from client.site_data import load_site
+from client.site_data.loader import load_site
 from client.site_round import SiteJob, train_round
 from client.site import site_settings
 from client.trainer import batch_loss, split_dataset

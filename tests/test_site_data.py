@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from client.notes import encode, token_id
+from client.site_data.notes import encode, token_id
 from client.site import discover_sites, site_settings
-from client.site_data import SiteDataError, load_site, validation_mask
+from client.site_data.loader import SiteDataError, load_site, validation_mask
 from configs.schema import ExperimentConfig
 from synth.hospitals import write_hospitals
 

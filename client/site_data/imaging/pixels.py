@@ -32,7 +32,7 @@ from pydicom.pixels import (
 )
 from pydicom.uid import UID, JPEGExtended12Bit
 
-from client.dicom_reasons import (
+from client.site_data.imaging.reasons import (
     INVALID_ATTRIBUTES,
     PALETTE_COLOUR,
     UNDECODABLE,

@@ -1,4 +1,4 @@
-"""A size quota for the site's preprocessing cache (client.image_cache): least recently used first.
+"""A size quota for the site's preprocessing cache (client.site_data.imaging.cache): least recently used first.
 
 The cache keys entries by content, image size, window, frame policy and decoder environment and
 writes a new set whenever one of them changes (a coordinator may pick a new `data.image_size`
@@ -35,7 +35,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
-from client.image_cache import MEMO_DIR
+from client.site_data.imaging.cache import MEMO_DIR
 
 STALE_TMP_S = 3600.0  # a temporary file older than this (by mtime) is a leftover: deleted
 _FANOUT = re.compile(r"[0-9a-f]{2}")

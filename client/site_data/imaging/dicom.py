@@ -6,11 +6,11 @@ Input
     data (non-recursive, hidden files ignored, all taken as one series) are ordered by Instance
     Number, then file name, and the middle one (index n // 2) is used. If that one is unusable the
     others are tried, nearest first; if none is usable, the middle one's reason is raised.
-Checks, in order (reasons: client.dicom_reasons): readable file; DICOM; not truncated (no dataset,
+Checks, in order (reasons: client.site_data.imaging.reasons): readable file; DICOM; not truncated (no dataset,
     a last element shorter than its length, native pixel data shorter than the header says);
     pixel data present (else a registered non-image SOP class is named, or "no pixel data");
     transfer syntax present; image attributes readable; rows, columns and frames non-zero.
-Pixels: client.dicom_pixels (frame policy, modality LUT, VOI, MONOCHROME1, colour, decoders).
+Pixels: client.site_data.imaging.pixels (frame policy, modality LUT, VOI, MONOCHROME1, colour, decoders).
 Resize: torch "area" (exact box averaging, no aliasing) when neither side grows; antialiased
     bilinear when a side must grow, where "area" would only repeat pixels. The aspect ratio is
     not kept: the image is stretched to size x size.
@@ -33,8 +33,8 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels.utils import get_expected_length
 from pydicom.uid import UID
 
-from client.dicom_pixels import greyscale
-from client.dicom_reasons import (
+from client.site_data.imaging.pixels import greyscale
+from client.site_data.imaging.reasons import (
     CORRUPT,
     EMPTY_IMAGE,
     FILE_NOT_FOUND,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from client.site_data_errors import SiteDataError
+from client.site_data.errors import SiteDataError
 
 FORMATS = (".csv", ".parquet", ".jsonl")
 REPLACEMENT = "\ufffd"

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from client.site_data_errors import SiteDataError
-from client.tables import MALFORMED, find_table, read_table
+from client.site_data.errors import SiteDataError
+from client.site_data.tables import MALFORMED, find_table, read_table
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ Hash memo: re-reading and re-hashing every source file on every round would cost
     same-tick window, a file whose mtime or ctime is within RECENT_S (2 s) of now (or in the
     future) when it is hashed is not memoised: a file still being written is re-hashed next time.
     Removing <cache_dir>/memo at any time only costs one re-hash per file.
-Quota: entries are pruned by client.cache_quota.prune_cache, least recently used first (a hit
+Quota: entries are pruned by client.site_data.imaging.quota.prune_cache, least recently used first (a hit
     refreshes its mtime), memo entries last, never those of the current load (`used=` -> `keep`).
 """
 
@@ -57,8 +57,8 @@ import pydicom
 from pydicom.pixels import decoders
 from pydicom.pixels.decoders.base import Decoder
 
-from client.dicom_image import check_arguments, image_from_bytes, read_image
-from client.dicom_reasons import FILE_NOT_FOUND, FILE_NOT_READABLE, UnusableImage, is_known_reason
+from client.site_data.imaging.dicom import check_arguments, image_from_bytes, read_image
+from client.site_data.imaging.reasons import FILE_NOT_FOUND, FILE_NOT_READABLE, UnusableImage, is_known_reason
 from storage.atomic import write_atomic
 
 CACHE_VERSION = "1"
@@ -234,7 +234,7 @@ def _read_entry(path: Path, size: int) -> np.ndarray | str | None:
     except OSError:
         return None
     found = parse_entry(payload, size)
-    if found is not None:  # a hit: refresh the mtime, client.cache_quota's LRU clock
+    if found is not None:  # a hit: refresh the mtime, client.site_data.imaging.quota's LRU clock
         with contextlib.suppress(OSError, NotImplementedError):  # read-only: only costs speed
             os.utime(path, follow_symlinks=False)
     return found

@@ -10,7 +10,7 @@ from collections import Counter
 import numpy as np
 import pandas as pd
 
-from client.tables import undecodable
+from client.site_data.tables import undecodable
 
 _TOKEN = re.compile(r"[a-z0-9]+")
 

@@ -14,16 +14,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from client.cache_quota import prune_cache
-from client.dicom_image import UnusableImage
-from client.image_cache import load_image_cached
-from client.labels import read_labels
-from client.labs import LAB_COLUMNS, lab_matrix
-from client.manifest import image_paths
-from client.notes import note_tokens
-from client.site_data_errors import SiteDataError
+from client.site_data.imaging.quota import prune_cache
+from client.site_data.imaging.dicom import UnusableImage
+from client.site_data.imaging.cache import load_image_cached
+from client.site_data.labels import read_labels
+from client.site_data.labs import LAB_COLUMNS, lab_matrix
+from client.site_data.manifest import image_paths
+from client.site_data.notes import note_tokens
+from client.site_data.errors import SiteDataError
 from client.split import validation_mask
-from client.tables import MALFORMED, find_table, read_table
+from client.site_data.tables import MALFORMED, find_table, read_table
 from configs.schema import DataConfig, SiteFileConfig
 
 __all__ = ["LoadReport", "SiteArrays", "SiteDataError", "load_site", "validation_mask"]

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from rich.console import Console
 from rich.table import Table
 
-from client.readiness import Readiness
+from client.site_data.readiness.check import Readiness
 
 SECTIONS = (
     ("label_problems", "label rows not used"),

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
-from client.site_data_errors import SiteDataError
-from client.tables import MALFORMED, find_table, read_table
+from client.site_data.errors import SiteDataError
+from client.site_data.tables import MALFORMED, find_table, read_table
 
 OUTSIDE = "path outside the site folder"
 MISSING = "file listed in the manifest is missing"

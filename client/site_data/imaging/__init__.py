@@ -1,0 +1,1 @@
+"""DICOM files -> preprocessed images: reading, decoding, the per-file cache and its quota."""

@@ -1,0 +1,162 @@
+"""`fedclinic site check`: can this site train, and what in its export is unusable and why.
+
+The report holds aggregate counts only (no patient identifiers, values or absolute paths), so
+site IT can share it with the central team.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from client.site import SiteSettings
+from client.site_data.loader import LoadReport, SiteArrays, SiteDataError, load_site
+from client.site_data.labels import read_labels
+from client.recipe import check_data_limits, site_experiment
+from client.site_file import read_site_file
+from configs.load import released_experiment
+from configs.parse import ConfigError
+from configs.schema import DataConfig, ExperimentConfig, SiteFileConfig
+from privacy.accountant import epsilon_spent
+from privacy.ledger import LEDGER_FILE, Ledger, LedgerError
+from privacy.policy import account
+
+PRV_MIN_DELTA = 1e-12  # below this, Opacus' PRV accountant often cannot compute: RDP reports instead
+
+MIN_TRAIN_PATIENTS = 50
+
+
+@dataclass(frozen=True)
+class Readiness:
+    """The verdict and the counts behind it."""
+
+    site: str
+    can_train: bool
+    reason: str | None
+    warnings: tuple[str, ...]
+    report: LoadReport | None
+    train_patients: int = 0
+    validation_patients: int = 0
+    privacy: dict[str, Any] | None = None
+
+
+def _warnings(arrays: SiteArrays, report: LoadReport, min_validation: int) -> list[str]:
+    out = []
+    train = int((~arrays.is_val).sum())
+    if 0 < train < MIN_TRAIN_PATIENTS:
+        out.append(f"only {train} training patients: DP noise will dominate at this size")
+    if len(set(arrays.label[~arrays.is_val].tolist())) < 2:
+        out.append("the training split has a single outcome class")
+    if not (arrays.is_val.any() and len(set(arrays.label[arrays.is_val].tolist())) == 2):
+        out.append("the validation split lacks one outcome class: AUROC cannot be computed here")
+    if int(arrays.is_val.sum()) < min_validation:
+        out.append(f"only {int(arrays.is_val.sum())} held-out patients (< validation.min_patients "
+                   f"{min_validation}): the site will not report validation metrics")
+    for name, count in report.coverage.items():
+        if count == 0:
+            out.append(f"no patient has a usable {name}: the site trains without it")
+    if report.patients > report.usable_patients:
+        out.append(f"{report.patients - report.usable_patients} labelled patients have no usable "
+                   "modality and are left out")
+    return out
+
+
+def privacy_status(site: SiteSettings, site_file: SiteFileConfig) -> dict[str, Any]:
+    """The dataset's lifetime account from the site's own ledger (LedgerError if it cannot be trusted).
+
+    Every spend in the ledger counts, whatever key it was recorded under, unless site.yaml's
+    privacy.unrelated_datasets says those were other patients; the keys counted are listed.
+    """
+    policy = site_file.policy
+    dataset = policy.dataset_id or site.name
+    acct = account(Ledger(site.state_dir / LEDGER_FILE, site.mark_dir).spends(), dataset=dataset, run_id="",
+                   policy=policy)
+    history = [s.use for s in acct.lifetime]
+    spent = max(epsilon_spent(history, policy.lifetime_delta, policy.accountant, magnitude=acct.recorded_lifetime),
+                acct.recorded_lifetime)
+    return {"dataset": dataset, "policy": "site.yaml" if site_file.privacy else "built-in default",
+            "accountant": policy.accountant, "lifetime_epsilon_cap": policy.lifetime_epsilon,
+            "lifetime_delta": policy.lifetime_delta, "lifetime_epsilon_spent": spent,
+            "remaining": max(0.0, policy.lifetime_epsilon - spent), "rounds_recorded": len(acct.lifetime),
+            "other_keys_counted": acct.others, "validation_release": site_file.validation.release}
+
+
+def _privacy_warnings(site_file: SiteFileConfig, privacy: dict[str, Any]) -> list[str]:
+    out = []
+    if site_file.privacy is None:
+        out.append(f"no privacy policy in site.yaml: the built-in default applies (lifetime ε "
+                   f"{privacy['lifetime_epsilon_cap']:g}); ask your privacy officer to set one")
+    if privacy["remaining"] <= 0:
+        out.append("the dataset's lifetime privacy budget is spent: the site will decline every round")
+    if privacy["other_keys_counted"]:
+        out.append(f"the ledger also holds spends under {len(privacy['other_keys_counted'])} other dataset "
+                   "key(s); they count toward this dataset's lifetime budget (list keys of other patients in "
+                   "site.yaml privacy.unrelated_datasets)")
+    if site_file.validation.release == "exact":
+        out.append("validation.release is exact: the site sends exact validation metrics, which are not DP; "
+                   "keep it only if you trust the coordinator with them")
+    if site_file.policy.accountant == "prv" and site_file.policy.lifetime_delta < PRV_MIN_DELTA:
+        out.append(f"privacy.lifetime_delta {site_file.policy.lifetime_delta:g} is below what the PRV accountant "
+                   f"computes reliably ({PRV_MIN_DELTA:g}); ε is then reported with RDP, a valid but looser bound")
+    return out
+
+
+def check_site(site: SiteSettings, data: DataConfig, recipe: ExperimentConfig | None = None) -> Readiness:
+    """Load the site exactly as training would (warming the cache) and judge it.
+
+    `data`: the requested data configuration (the released catalogue plus the recipe's image size
+    and note settings); what the data means comes from the site's own site.yaml. `recipe` (the
+    whole requested configuration): also checked against the site's limits and ownership, as a
+    coordinator's request would be, before anything is loaded.
+    """
+    try:
+        site_file = read_site_file(site.site_file, data, required=site.site_file_explicit)
+        if recipe is not None:
+            refused = _refusal(site, site_file, recipe)
+            if refused:
+                return Readiness(site.name, False, refused, (), None)
+        own = dataclasses.replace(site_file.data or data, image_size=data.image_size,
+                                  note_buckets=data.note_buckets, note_max_tokens=data.note_max_tokens)
+        arrays, report = load_site(site.data_dir, own, cache_dir=site.cache_dir, site_file=site_file)
+        privacy = privacy_status(site, site_file)
+    except (SiteDataError, LedgerError) as exc:
+        return Readiness(site.name, False, _relative(str(exc), site), (), None)
+    train, val = int((~arrays.is_val).sum()), int(arrays.is_val.sum())
+    reason = None
+    if report.usable_patients == 0:
+        reason = "no labelled patient has a usable image, lab result or note"
+    elif train == 0:
+        reason = "no patient falls in the training split; add patients or lower validation.fraction in site.yaml"
+    warnings = [*_warnings(arrays, report, site_file.validation.min_patients), *_privacy_warnings(site_file, privacy)]
+    return Readiness(site.name, reason is None, reason, tuple(warnings) if reason is None else (),
+                     report, train, val, privacy)
+
+
+def _refusal(site: SiteSettings, site_file: SiteFileConfig, recipe: ExperimentConfig) -> str | None:
+    """Why this site would refuse `recipe` (602), or None."""
+    try:
+        cfg = site_experiment(recipe, released_experiment(), site_file)
+        check_data_limits(cfg, site_file.limits, patients=len(read_labels(site.data_dir).patient_ids))
+    except ConfigError as exc:
+        return f"this site refuses the requested configuration: {exc}"
+    return None
+
+
+def _relative(message: str, site: SiteSettings) -> str:
+    for folder, name in ((site.data_dir, "<site folder>"), (site.state_dir, "<state folder>")):
+        message = message.replace(f"{folder}/", f"{name}/").replace(str(folder), name)
+    return message
+
+
+def as_json(r: Readiness) -> dict[str, Any]:
+    """JSON-ready dictionary of the verdict and aggregate counts."""
+    counts: dict[str, Any] = {}
+    if r.report is not None:
+        for f in dataclasses.fields(LoadReport):
+            value = getattr(r.report, f.name)
+            counts[f.name] = dict(sorted(value.items())) if isinstance(value, (Counter, dict)) else value
+    return {"site": r.site, "can_train": r.can_train, "reason": r.reason, "warnings": list(r.warnings),
+            "train_patients": r.train_patients, "validation_patients": r.validation_patients,
+            "privacy": r.privacy, **counts}
