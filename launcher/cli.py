@@ -32,7 +32,12 @@ def _parser() -> argparse.ArgumentParser:
     site = sub.add_parser("site", help="site IT tools").add_subparsers(dest="site_command", required=True)
     check = site.add_parser("check", help="validate a site folder without training; print and save a report")
     check.add_argument("folder", type=Path, help="the site folder (labels, manifest, labs, notes)")
-    check.add_argument("--json", type=Path, help="where to write the JSON report (default: state folder)")
+    check.add_argument("--json", type=Path,
+                       help="also write the report for site IT as JSON, with file names and row numbers")
+    check.add_argument("--share", type=Path, help="where to write the shareable report, counts only "
+                       "(default: <state folder>/readiness.json)")
+    check.add_argument("--limit", type=int, default=5, help="files or rows listed per reason (default 5)")
+    check.add_argument("--all", action="store_true", help="list every file and row behind each reason")
     check.add_argument("--state-dir", type=Path, help="the site's state folder (default: beside the data)")
     check.add_argument("--site-config", type=Path, help="site.yaml (default: <folder>/site.yaml)")
     check.add_argument("overrides", nargs="*", help="Hydra overrides of the data settings")
@@ -93,7 +98,7 @@ def _site_modalities(specs: list[str]) -> dict[int, set[str]]:
 
 
 def _site_check(args: argparse.Namespace, console: Console) -> int:
-    from client.site_data.readiness.check import as_json, check_site
+    from client.site_data.readiness.check import as_json, check_site, site_it_json
     from client.site_data.readiness.view import render
     from client.site import site_settings
     from configs.load import load_experiment
@@ -104,11 +109,18 @@ def _site_check(args: argparse.Namespace, console: Console) -> int:
     node |= {"site-config": str(args.site_config)} if args.site_config else {}
     site = site_settings(node, None)
     verdict = check_site(site, cfg.data, cfg)
-    render(verdict, console)
-    out = args.json or site.state_dir / "readiness.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_json(out, as_json(verdict))
-    console.print(f"report written to {out.resolve()}", soft_wrap=True, highlight=False)
+    limit = None if args.all else max(0, args.limit)
+    render(verdict, console, limit)
+    share = args.share or site.state_dir / "readiness.json"
+    share.parent.mkdir(parents=True, exist_ok=True)
+    write_json(share, as_json(verdict))
+    console.print(f"shareable report (counts only, for the central team): {share.resolve()}", soft_wrap=True,
+                  highlight=False)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        write_json(args.json, site_it_json(verdict, limit))
+        console.print(f"report for site IT (file names and row numbers; keep it at the site): "
+                      f"{args.json.resolve()}", soft_wrap=True, highlight=False)
     return 0 if verdict.can_train else 1
 
 

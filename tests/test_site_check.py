@@ -25,11 +25,11 @@ def test_a_site_with_broken_files_is_ready_and_every_problem_has_its_reason(smal
     for bad in CORPUS:
         if bad.joins_the_combined_site:
             bad.mutate(site)
-    out = tmp_path / "report.json"
-    done = site_check(site, "--json", str(out), "--state-dir", str(tmp_path / "state"))
+    out, share = tmp_path / "site-it.json", tmp_path / "share.json"
+    done = site_check(site, "--json", str(out), "--share", str(share), "--all", "--state-dir", str(tmp_path / "state"))
     assert done.returncode == 0, done.stdout + done.stderr
     assert "READY to train" in done.stdout and "quarantined image files, by reason" in done.stdout
-    report = json.loads(out.read_text())
+    report = json.loads(share.read_text())
     assert report["can_train"] is True and report["reason"] is None
     for bad in CORPUS:
         if bad.joins_the_combined_site:
@@ -37,9 +37,18 @@ def test_a_site_with_broken_files_is_ready_and_every_problem_has_its_reason(smal
             assert report[field].get(key, 0) >= 1, (bad.name, report[field])
     assert report["unit_conversions"]["2345-7: mmol/L -> mg/dL"] > 0 and report["coverage"]["image"] > 0
     ids = set(pd.read_csv(small_sites / "site-b" / "labels.csv", dtype=str)["patient_id"])
-    text = out.read_text()
-    assert not any(pid in text for pid in ids), "the shareable report must not contain patient ids"
-    assert str(site) not in text
+    text = share.read_text()
+    assert "locations" not in report and not any(pid in text for pid in ids), "shareable: counts only"
+    assert str(site) not in text and str(site) not in out.read_text()
+    # site IT's report: with --all, every counted file is listed by its path under the site folder
+    where = json.loads(out.read_text())["locations"]["quarantined_images"]
+    assert where.keys() == {k for k, n in report["quarantined_images"].items() if n}
+    for reason, entry in where.items():
+        assert entry["more"] == 0 and len(entry["at"]) == entry["count"] == report["quarantined_images"][reason]
+        assert all((site / rel).is_file() for rel in entry["at"]), entry
+    truncated = where["truncated or corrupt file"]["at"]
+    assert truncated == [pd.read_csv(site / "manifest.csv", dtype=str)["image_path"].iloc[17]]  # _truncate's file
+    assert truncated[0] in done.stdout  # the console lists them too
 
 
 def test_a_site_that_cannot_train_exits_non_zero_with_the_reason(tmp_path: Path) -> None:

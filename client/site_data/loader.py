@@ -8,7 +8,7 @@ aggregate counts only (no patient identifiers, values or paths), so it can be sh
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +22,7 @@ from client.site_data.labs import LAB_COLUMNS, lab_matrix
 from client.site_data.manifest import image_paths
 from client.site_data.notes import note_tokens
 from client.site_data.errors import SiteDataError
+from client.site_data.findings import Findings
 from client.split import validation_mask
 from client.site_data.tables import MALFORMED, find_table, read_table
 from configs.schema import DataConfig, SiteFileConfig
@@ -45,22 +46,27 @@ class SiteArrays:
 
 @dataclass
 class LoadReport:
-    """Aggregate counts only: safe to show to the central team."""
+    """Counts by reason, safe to show to the central team; the Findings fields also keep, for
+    site IT only, the rows and files behind each count (see client/site_data/findings.py)."""
 
     patients: int = 0
     positives: int = 0
     usable_patients: int = 0
     coverage: dict[str, int] = field(default_factory=dict)
     tables: dict[str, str | None] = field(default_factory=dict)
-    label_problems: Counter[str] = field(default_factory=Counter)
-    manifest_problems: Counter[str] = field(default_factory=Counter)
-    quarantined_images: Counter[str] = field(default_factory=Counter)
+    label_problems: Findings = field(default_factory=Findings)
+    manifest_problems: Findings = field(default_factory=Findings)
+    quarantined_images: Findings = field(default_factory=Findings)
     lab_rows_used: int = 0
-    lab_rows_dropped: Counter[str] = field(default_factory=Counter)
+    lab_rows_dropped: Findings = field(default_factory=Findings)
     unit_conversions: Counter[str] = field(default_factory=Counter)
     unknown_lab_codes: Counter[str] = field(default_factory=Counter)
-    note_problems: Counter[str] = field(default_factory=Counter)
-    table_problems: Counter[str] = field(default_factory=Counter)
+    note_problems: Findings = field(default_factory=Findings)
+    table_problems: Findings = field(default_factory=Findings)
+
+    def findings(self) -> dict[str, Findings]:
+        """Every group of problems that knows where its rows and files are, by field name."""
+        return {f.name: value for f in fields(self) if isinstance(value := getattr(self, f.name), Findings)}
 
 
 def _images(site: Path, ids: list[str], cfg: DataConfig, cache_dir: Path, report: LoadReport,
@@ -82,13 +88,21 @@ def _images(site: Path, ids: list[str], cfg: DataConfig, cache_dir: Path, report
                                        window=window, frame_policy=cfg.frame_policy, used=used, written=written)
             present[i] = True
         except UnusableImage as bad:
-            report.quarantined_images[bad.reason] += 1
+            report.quarantined_images.add_file(bad.reason, _relative(paths[pid], site))
     if written:  # only new entries can have taken the cache over its quota
         try:
             prune_cache(cache_dir, max_bytes=cache_bytes, keep=used)
         except OSError:
             pass  # a cache that cannot be pruned only costs disk; the limits check bounds one load's entries
     return out, present
+
+
+def _relative(path: Path, site: Path) -> str:
+    """`path` as site IT finds it under the site folder (resolved paths stay inside it)."""
+    try:
+        return path.relative_to(site.resolve()).as_posix()
+    except ValueError:
+        return path.name
 
 
 def _table(site: Path, stem: str, columns: tuple[str, ...], report: LoadReport) -> pd.DataFrame:

@@ -151,7 +151,7 @@ def _relative(message: str, site: SiteSettings) -> str:
 
 
 def as_json(r: Readiness) -> dict[str, Any]:
-    """JSON-ready dictionary of the verdict and aggregate counts."""
+    """The shareable report: the verdict and aggregate counts (no identifiers, values or paths)."""
     counts: dict[str, Any] = {}
     if r.report is not None:
         for f in dataclasses.fields(LoadReport):
@@ -160,3 +160,24 @@ def as_json(r: Readiness) -> dict[str, Any]:
     return {"site": r.site, "can_train": r.can_train, "reason": r.reason, "warnings": list(r.warnings),
             "train_patients": r.train_patients, "validation_patients": r.validation_patients,
             "privacy": r.privacy, **counts}
+
+
+def locations(r: Readiness, limit: int | None) -> dict[str, dict[str, dict[str, Any]]]:
+    """For site IT only: per problem group and reason, the count, the first `limit` (None: every)
+    file (relative to the site folder) or table row, and how many more there are."""
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for name, found in (r.report.findings() if r.report is not None else {}).items():
+        group = {}
+        for reason, count in sorted(found.items()):
+            if count:
+                at, more = found.locations(reason, limit)
+                group[reason] = {"count": count, "at": at, "more": more}
+        if group:
+            out[name] = group
+    return out
+
+
+def site_it_json(r: Readiness, limit: int | None) -> dict[str, Any]:
+    """The shareable report plus `locations` (file names and row numbers): keep it at the site."""
+    return {**as_json(r), "locations": locations(r, limit),
+            "note": "for site IT only: lists file names and row numbers; share readiness.json instead"}

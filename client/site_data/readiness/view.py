@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections import Counter
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
+from client.site_data.findings import Findings
 from client.site_data.readiness.check import Readiness
 
 SECTIONS = (
@@ -21,17 +23,26 @@ SECTIONS = (
 )
 
 
-def _counts(counts: Mapping[str, int]) -> Table:
+def _counts(counts: Counter[str], limit: int | None) -> Table:
+    """One row per reason, most frequent first; under it, where (first `limit`; None: all)."""
     table = Table(show_header=False, box=None, padding=(0, 2))
     table.add_column(justify="right")
-    table.add_column()
+    table.add_column(overflow="fold")
     for key, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
-        table.add_row(str(n), key)
+        if not n:
+            continue
+        table.add_row(str(n), escape(key))
+        if isinstance(counts, Findings) and limit != 0:
+            at, more = counts.locations(key, limit)
+            if at:
+                tail = f" … and {more} more (--all lists every one)" if more else ""
+                table.add_row("", f"[dim]{escape(', '.join(at))}{tail}[/dim]")
     return table
 
 
-def render(r: Readiness, console: Console) -> None:
-    """Verdict first, then coverage and every group of problems that is not empty."""
+def render(r: Readiness, console: Console, limit: int | None = 5) -> None:
+    """Verdict first, then coverage and every group of problems that is not empty, each reason
+    with the first `limit` files or rows behind it (None: every one; 0: counts only)."""
     verdict = "[green]READY to train[/green]" if r.can_train else f"[red]CANNOT TRAIN[/red]: {r.reason}"
     console.print(f"site {r.site}: {verdict}", soft_wrap=True)
     rep = r.report
@@ -53,6 +64,6 @@ def render(r: Readiness, console: Console) -> None:
         counts = getattr(rep, attr)
         if counts:
             console.print(f"[bold]{title}[/bold]", soft_wrap=True)
-            console.print(_counts(counts))
+            console.print(_counts(counts, limit))
     for warning in r.warnings:
         console.print(f"[yellow]warning:[/yellow] {warning}", soft_wrap=True)
