@@ -146,8 +146,9 @@ def _run(overrides: list[str], console: Console) -> int:
         console.print(f"[red]the run ended without a summary; see the log above. Run folder: {run_dir}[/red]")
         return 1
     summary = json.loads(summary_path.read_text())
-    console.print(f"final AUROC {summary['final_auroc']}, wall time {time.perf_counter() - started:.0f} s")
-    console.print(f"run folder: {run_dir.resolve()}", soft_wrap=True, highlight=False)
+    final = summary["final_auroc"]
+    console.print(f"final AUROC {'-' if final is None else f'{final:.3f}'}, "
+                  f"wall time {time.perf_counter() - started:.0f} s")
     return 0
 
 

@@ -9,6 +9,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from configs.schema import ValidationSplit
+
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Register `privacy plan` and `privacy report` under the main parser."""
@@ -24,6 +26,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     goal = plan.add_mutually_exclusive_group(required=True)
     goal.add_argument("--target-epsilon", type=float)
     goal.add_argument("--sigma", type=float, help="noise multiplier")
+    plan.add_argument("--evaluation-sigma", type=float, default=ValidationSplit().noise_multiplier,
+                      help="the site's validation.noise_multiplier: one DP evaluation per round is planned "
+                           "with it (default %(default)g, the site default)")
+    plan.add_argument("--no-evaluation", action="store_true",
+                      help="plan training only (a site with validation.release: exact, or no evaluation)")
     plan.add_argument("--json", action="store_true", help="print JSON instead of a table")
     report = privacy.add_parser("report", help="what a site's privacy ledger says was spent")
     report.add_argument("ledger", type=Path, help="the site's privacy-ledger.jsonl")
@@ -61,13 +68,17 @@ def _plan(args: argparse.Namespace, console: Console) -> int:
     from privacy.plan_table import make_plan, plan_json
     p = make_plan(dataset_size=args.dataset_size, batch_size=args.batch_size, local_epochs=args.local_epochs,
                   rounds=args.rounds, delta=args.delta, accountant=args.accountant,
-                  target_epsilon=args.target_epsilon, sigma=args.sigma)
+                  target_epsilon=args.target_epsilon, sigma=args.sigma,
+                  evaluation_sigma=None if args.no_evaluation else args.evaluation_sigma)
     if args.json:
         print(json.dumps({**plan_json(p), "guarantee": GUARANTEE}, indent=2))
         return 0
     console.print(f"noise multiplier σ = {p.noise_multiplier:.4f}; sample rate q = {p.sample_rate:.5f} "
                   f"(1/{round(1 / p.sample_rate)}); {p.steps_per_round} steps per round; δ = {p.delta:g}; "
                   f"accountant {p.accountant}", soft_wrap=True)
+    console.print("ε covers training and one DP evaluation per round (validation σ "
+                  f"{p.evaluation_noise_multiplier:g})" if p.evaluation_noise_multiplier is not None
+                  else "ε covers training only (--no-evaluation)", soft_wrap=True)
     table = Table(title="ε after each round")
     for name in ("round", "steps", "ε"):
         table.add_column(name, justify="right")

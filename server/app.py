@@ -83,7 +83,8 @@ class RecordingFedAvg(FedAvg):
         evals = [SiteEvaluation(_site(m, self.recorder), float(_metrics(m)["auroc"]) if _metrics(m)["auroc-defined"] else None,
                                 float(_metrics(m)["eval-loss"]), int(_metrics(m)["num-examples"]),
                                 float(_metrics(m)["epsilon"]), bool(_metrics(m)["metrics-dp"]),
-                                float(_metrics(m)["auroc-std"])) for m in ok]
+                                float(_metrics(m)["auroc-std"]), float(_metrics(m)["lifetime-epsilon"]))
+                 for m in ok]
         declined = sum(1 for m in replies if m.has_error() and m.error.code in DECLINE_REASONS)
         result = self.recorder.evaluated(server_round, evals, failures=len(replies) - len(ok) - declined)
         values = {"auroc": result.auroc, "loss": result.loss}
@@ -111,6 +112,7 @@ def main(grid: Grid, context: Context) -> None:
         result = strategy.start(grid=grid, initial_arrays=initial, num_rounds=cfg.rounds,
                                 train_config=ConfigRecord(), evaluate_config=ConfigRecord())
     save_checkpoint(run_dir, {k: v.numpy() for k, v in result.arrays.items()}, cfg.rounds)
-    write_json(run_dir / SUMMARY, build_summary(cfg, recorder, run_dir.name))
+    write_json(run_dir / SUMMARY, build_summary(cfg, recorder, run_dir.name, context.run_id))
     recorder.console.print(recorder.table())
-    recorder.console.print(f"run folder: {run_dir}", soft_wrap=True, highlight=False)
+    recorder.console.print(f"run folder: {run_dir.resolve()} (Flower run id {context.run_id}, as in the sites' "
+                           "privacy ledgers)", soft_wrap=True, highlight=False)

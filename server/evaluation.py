@@ -17,6 +17,7 @@ class SiteEvaluation:
     epsilon: float | None = None   # the site's run epsilon after this release
     dp: bool = True                # False: the site's policy released exact (non-DP) metrics
     auroc_std: float = 0.0         # std of the site's AUROC due to its DP noise (0: exact)
+    lifetime_epsilon: float | None = None  # the dataset's lifetime epsilon after this release
 
 
 @dataclass(frozen=True)

@@ -119,6 +119,8 @@ class RunRecorder:
                 site["validation_metrics"] = "dp" if e.dp else "exact (not DP: the site trusts the coordinator)"
                 if e.epsilon is not None:
                     site["epsilon"] = max(e.epsilon, site.get("epsilon") or 0.0)
+                if e.lifetime_epsilon is not None:  # an evaluation after the last training round spends too
+                    site["lifetime_epsilon"] = max(e.lifetime_epsilon, site.get("lifetime_epsilon") or 0.0)
         return sites
 
 

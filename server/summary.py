@@ -10,9 +10,13 @@ from privacy.guarantee import GUARANTEE
 from server.recorder import RunRecorder
 
 
+def build_summary(cfg: ExperimentConfig, recorder: RunRecorder, run_id: str, flower_run_id: int | str
+                  ) -> dict[str, Any]:
+    """Per-round weighted evaluation, final per-site privacy and AUROC, and the targets.
 
-def build_summary(cfg: ExperimentConfig, recorder: RunRecorder, run_id: str) -> dict[str, Any]:
-    """Per-round weighted evaluation, final per-site privacy and AUROC, and the targets."""
+    `run_id` names the run folder; `flower_run_id` is Flower's id of the run, which each site's
+    ledger and `fedclinic privacy report` use as the run id.
+    """
     rounds = []
     for r in sorted(recorder.rounds.values(), key=lambda r: r.round):
         ev = r.evaluation
@@ -24,6 +28,7 @@ def build_summary(cfg: ExperimentConfig, recorder: RunRecorder, run_id: str) -> 
     evaluated = [r for r in rounds if r["auroc"] is not None]
     return {
         "run_id": run_id,
+        "flower_run_id": str(flower_run_id),
         "rounds": rounds,
         "sites": _sites(recorder),
         "final_auroc": evaluated[-1]["auroc"] if evaluated else None,

@@ -24,8 +24,18 @@ def test_plan_for_a_target_gives_sigma_and_epsilon_per_round_within_target() -> 
     eps = [r["epsilon"] for r in plan["rounds"]]
     assert eps == sorted(eps) and eps[-1] <= 6.0 and eps[-1] > 5.9
     assert plan["sample_rate"] == pytest.approx(1 / 13) and plan["steps_per_round"] == 26
-    assert eps[1] == pytest.approx(epsilon_spent([MechanismUse(plan["noise_multiplier"], 1 / 13, 52)], 1e-5, "prv"))
+    # as the site plans and records it: training plus one DP evaluation (q = 1, σ 5) per round
+    assert plan["evaluation_noise_multiplier"] == 5.0
+    assert eps[1] == pytest.approx(epsilon_spent([MechanismUse(plan["noise_multiplier"], 1 / 13, 52),
+                                                  MechanismUse(5.0, 1.0, 2)], 1e-5, "prv"))
     assert "sample-level" in plan["guarantee"]
+    training_only = json.loads(fedclinic("privacy", "plan", "--dataset-size", "1600", "--batch-size", "128",
+                                         "--local-epochs", "2", "--rounds", "4", "--target-epsilon", "6",
+                                         "--no-evaluation", "--json").stdout)
+    assert training_only["evaluation_noise_multiplier"] is None
+    assert training_only["noise_multiplier"] < plan["noise_multiplier"]  # evaluations cost budget too
+    assert training_only["rounds"][1]["epsilon"] == pytest.approx(epsilon_spent(
+        [MechanismUse(training_only["noise_multiplier"], 1 / 13, 52)], 1e-5, "prv"))
 
 
 def test_plan_for_a_given_sigma_and_input_errors() -> None:
