@@ -81,8 +81,11 @@ def test_two_sites_two_rounds_write_a_complete_run_folder(tmp_path: Path) -> Non
         assert site["num_train"] == -(-train_count(sites / name) // 32) * 32  # rounded up to the batch size
         assert site["auroc"] is None or 0 <= site["auroc"] <= 1
         ledger = sites / ".fedclinic-state" / name / "privacy-ledger.jsonl"
-        kinds = [json.loads(line)["kind"] for line in ledger.read_text().splitlines()]
-        assert kinds == ["train", "evaluate"] * 2  # every release recorded, metrics included
+        spends = [json.loads(line) for line in ledger.read_text().splitlines()]
+        assert [s["kind"] for s in spends] == ["train", "evaluate"] * 2  # every release recorded, metrics included
+        assert {s["run_id"] for s in spends} == {summary["flower_run_id"]}  # the summary names the ledgers' run
+        # a first run on this dataset: its lifetime ε is the run's, after the last evaluation too
+        assert site["lifetime_epsilon"] == pytest.approx(site["epsilon"]) == pytest.approx(spends[-1]["run_epsilon"])
     assert summary["rounds"][-1]["max_epsilon"] == max(s["epsilon"] for s in summary["sites"].values())
     cfg = load_experiment(["rounds=2"])
     model = build_model(cfg.model, num_labs=len(cfg.data.labs), note_buckets=cfg.data.note_buckets, seed=0)
