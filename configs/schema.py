@@ -165,6 +165,8 @@ class SiteLimits:
     max_batch_memory_mb: int = 4096      # activations of one expected Poisson batch
     cache_mb: int = 4096                 # preprocessing cache quota (least recently used entries go first)
     max_ledger_mechanisms: int = 64      # distinct (sigma, q) pairs a dataset's lifetime may compose
+    max_table_rows: int = 5_000_000      # rows (CSV/JSONL records) of one site table: labels, manifest, labs, notes
+    max_table_mb: int = 2048             # MiB of one table: CSV/JSONL file size, Parquet's needed columns as text
 
 
 @dataclass(frozen=True)

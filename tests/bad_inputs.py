@@ -306,5 +306,5 @@ CORPUS: tuple[BadInput, ...] = (
              counted=("quarantined_images", "non-image object: Basic Text SR Storage")),
     # last: later entries would re-read notes.csv with a strict parser
     BadInput("ragged CSV row in notes", _append_raw("notes.csv", 'X1,an unquoted, comma,and more\n'),
-             counted=("table_problems", "notes.csv: malformed rows skipped")),
+             counted=("table_problems", "notes.csv: row with more fields than the header (not used)")),
 )

@@ -24,8 +24,8 @@ from client.site_data.notes import note_tokens
 from client.site_data.errors import SiteDataError
 from client.site_data.findings import Findings
 from client.split import validation_mask
-from client.site_data.tables import MALFORMED, find_table, read_table
-from configs.schema import DataConfig, SiteFileConfig
+from client.site_data.tables import find_table, read_table
+from configs.schema import DataConfig, SiteFileConfig, SiteLimits
 
 __all__ = ["LoadReport", "SiteArrays", "SiteDataError", "load_site", "validation_mask"]
 MODALITIES = ("image", "labs", "notes")
@@ -70,12 +70,12 @@ class LoadReport:
 
 
 def _images(site: Path, ids: list[str], cfg: DataConfig, cache_dir: Path, report: LoadReport,
-            cache_bytes: int) -> tuple[np.ndarray, np.ndarray]:
+            cache_bytes: int, limits: SiteLimits) -> tuple[np.ndarray, np.ndarray]:
     """Every patient's preprocessed image (through the cache), then the cache pruned to its quota,
     least recently used entries first and never those of this load."""
     out = np.zeros((len(ids), cfg.image_size, cfg.image_size), dtype=np.float32)
     present = np.zeros(len(ids), dtype=bool)
-    paths, report.manifest_problems, table = image_paths(site, set(ids))
+    paths, report.manifest_problems, table = image_paths(site, set(ids), limits=limits)
     report.tables["manifest"] = table.name if table else None
     window = None if cfg.window_center is None else (cfg.window_center, cfg.window_width or 1.0)
     used: set[Path] = set()
@@ -105,20 +105,21 @@ def _relative(path: Path, site: Path) -> str:
         return path.name
 
 
-def _table(site: Path, stem: str, columns: tuple[str, ...], report: LoadReport) -> pd.DataFrame:
-    """An optional table; unreadable means that modality is missing, never a stopped site."""
+def _table(site: Path, stem: str, columns: tuple[str, ...], report: LoadReport, limits: SiteLimits
+           ) -> pd.DataFrame:
+    """An optional table indexed by row number; unreadable means that modality is missing, never a
+    stopped site. Rows it could not parse go to table_problems with their row numbers."""
     path = find_table(site, stem)
     report.tables[stem] = path.name if path else None
     empty = pd.DataFrame(columns=list(columns), dtype=str)
     if path is None:
         return empty
     try:
-        frame = read_table(path, columns)
+        frame, found = read_table(path, columns, limits=limits)
     except SiteDataError as exc:
-        report.table_problems[f"{exc} (table ignored)"] += 1
+        report.table_problems.add(f"{exc} (table ignored)")
         return empty
-    if frame.attrs.get(MALFORMED):
-        report.table_problems[f"{path.name}: malformed rows skipped"] += frame.attrs[MALFORMED]
+    report.table_problems.merge(found)
     return frame
 
 
@@ -127,20 +128,22 @@ def load_site(site: Path, cfg: DataConfig, *, cache_dir: Path, site_file: SiteFi
     """Decode (through the per-file cache, kept within site.yaml's limits.cache_mb) and preprocess a whole site."""
     if not site.is_dir():
         raise SiteDataError(f"{site}: site folder does not exist or is not a folder")
-    labels = read_labels(site)
+    limits = (site_file or SiteFileConfig()).limits
+    labels = read_labels(site, limits=limits)
     ids = labels.patient_ids
     report = LoadReport(patients=len(ids), positives=int(labels.label.sum()), label_problems=labels.problems)
     quota = (site_file or SiteFileConfig()).limits.cache_mb << 20
-    image, has_image = _images(site, ids, cfg, cache_dir, report, quota)
-    labs_frame = _table(site, "labs", LAB_COLUMNS, report)
+    image, has_image = _images(site, ids, cfg, cache_dir, report, quota, limits)
+    labs_frame = _table(site, "labs", LAB_COLUMNS, report, limits)
     labs, lab_mask, counts = lab_matrix(labs_frame, ids, cfg.labs, local=(site_file or SiteFileConfig()).lab_codes,
                                         index_time=labels.index_time, window_hours=cfg.lab_window_hours)
     report.lab_rows_used, report.lab_rows_dropped = counts.used, counts.dropped
     report.unit_conversions = counts.converted
     report.unknown_lab_codes = Counter(dict(counts.unknown_codes.most_common(20)))
-    notes_frame = _table(site, "notes", ("patient_id", "text"), report)
+    notes_frame = _table(site, "notes", ("patient_id", "text"), report, limits)
     tokens, report.note_problems = note_tokens(notes_frame, ids, buckets=cfg.note_buckets,
-                                               max_tokens=cfg.note_max_tokens)
+                                               max_tokens=cfg.note_max_tokens,
+                                               source=report.tables["notes"] or "notes.csv")
     modality = np.stack([has_image, lab_mask.any(axis=1), tokens.any(axis=1)], axis=1).astype(np.float32)
     report.coverage = {name: int(modality[:, k].sum()) for k, name in enumerate(MODALITIES)}
     usable = modality.any(axis=1)

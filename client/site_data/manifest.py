@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from client.site_data.errors import SiteDataError
-from client.site_data.tables import MALFORMED, find_table, read_table
+from client.site_data.findings import Findings
+from client.site_data.tables import find_table, read_table
+from configs.schema import SiteLimits
 
 OUTSIDE = "path outside the site folder"
 MISSING = "file listed in the manifest is missing"
@@ -38,29 +39,36 @@ def safe_path(site: Path, relative: str) -> tuple[Path | None, str | None]:
     return resolved, None
 
 
-def image_paths(site: Path, patients: set[str]) -> tuple[dict[str, Path], Counter[str], Path | None]:
-    """First usable image path per labelled patient, problems by reason, and the manifest used."""
-    problems: Counter[str] = Counter()
+def image_paths(site: Path, patients: set[str], *, limits: SiteLimits | None = None
+                ) -> tuple[dict[str, Path], Findings, Path | None]:
+    """First usable image path per labelled patient, the rows not used by reason (with row
+    numbers; an unreadable table counts once, with no row), and the manifest used (None: none).
+
+    Every manifest row is either the one used for its patient or counted.
+    """
+    problems = Findings()
     table = find_table(site, "manifest")
     if table is None:
         return {}, problems, None
     try:
-        frame = read_table(table, ("patient_id", "image_path"))
+        frame, found = read_table(table, ("patient_id", "image_path"), limits=limits)
     except SiteDataError as exc:
-        problems[f"{exc} (table ignored)"] += 1
+        problems.add(f"{exc} (table ignored)")
         return {}, problems, table
-    problems["malformed manifest row"] += frame.attrs.get(MALFORMED, 0)
+    problems.merge(found)
     chosen: dict[str, Path] = {}
-    for pid, rel in zip(frame["patient_id"], frame["image_path"]):
+    rows: dict[str, list[int]] = {}
+    for number, pid, rel in zip(frame.index, frame["patient_id"], frame["image_path"]):
         if pid not in patients:
-            problems["manifest row for a patient without a label"] += 1
-            continue
-        if pid in chosen:
-            problems["extra manifest row for a patient (first one used)"] += 1
-            continue
-        path, reason = safe_path(site, rel)
-        if reason:
-            problems[reason] += 1
+            reason = "manifest row for a patient without a label"
+        elif pid in chosen:
+            reason = "extra manifest row for a patient (first one used)"
         else:
-            chosen[pid] = path  # type: ignore[assignment]
-    return chosen, Counter({k: v for k, v in problems.items() if v}), table
+            path, reason = safe_path(site, rel)
+            if not reason:
+                chosen[pid] = path  # type: ignore[assignment]
+                continue
+        rows.setdefault(reason, []).append(number)  # type: ignore[arg-type]
+    for reason, numbers in rows.items():
+        problems.add_rows(reason, table.name, numbers)
+    return chosen, problems.nonzero(), table

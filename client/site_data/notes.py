@@ -5,11 +5,11 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
-from collections import Counter
 
 import numpy as np
 import pandas as pd
 
+from client.site_data.findings import Findings
 from client.site_data.tables import undecodable
 
 _TOKEN = re.compile(r"[a-z0-9]+")
@@ -34,26 +34,27 @@ def encode(text: str, *, buckets: int, max_tokens: int) -> np.ndarray:
     return out
 
 
-def note_tokens(notes: pd.DataFrame, patient_ids: list[str], *, buckets: int, max_tokens: int
-                ) -> tuple[np.ndarray, Counter[str]]:
-    """Tokens per patient (distinct notes of a patient concatenated in file order) and problems.
+def note_tokens(notes: pd.DataFrame, patient_ids: list[str], *, buckets: int, max_tokens: int,
+                source: str = "notes.csv") -> tuple[np.ndarray, Findings]:
+    """Tokens per patient [N, max_tokens] int64 (distinct notes of a patient concatenated in file
+    order, cut to `max_tokens`) and the rows not used by reason, with their row numbers in
+    `source` (the index of `notes`, as tables.read_table gives it).
 
-    Empty, whitespace-only and undecodable notes count as a missing modality.
+    Empty, whitespace-only and undecodable notes count as a missing modality. A long note is
+    kept and cut to the token cap, not counted.
     """
-    problems: Counter[str] = Counter()
+    problems = Findings()
     index = {pid: i for i, pid in enumerate(patient_ids)}
-    problems["note for a patient without a label"] = int((~notes["patient_id"].isin(index)).sum())
-    notes = notes[notes["patient_id"].isin(index)]
-    dupes = notes.duplicated(keep="first")
-    problems["duplicate note row"] = int(dupes.sum())
-    notes = notes[~dupes]
-    bad_bytes = undecodable(notes["text"])
-    problems["undecodable note (not UTF-8)"] = int(bad_bytes.sum())
-    notes = notes[~bad_bytes]
-    empty = notes["text"].map(lambda t: not normalise(t)).astype(bool)
-    problems["empty note"] = int(empty.sum())
-    notes = notes[~empty]
+
+    def drop(reason: str, rows: pd.Series) -> pd.DataFrame:
+        problems.add_rows(reason, source, notes.index[rows.to_numpy(dtype=bool)])
+        return notes[~rows.to_numpy(dtype=bool)]
+
+    notes = drop("note for a patient without a label", ~notes["patient_id"].isin(index))
+    notes = drop("duplicate note row", notes.duplicated(keep="first"))
+    notes = drop("undecodable note (not UTF-8)", undecodable(notes["text"]))
+    notes = drop("empty note", notes["text"].map(lambda t: not normalise(t)).astype(bool))
     tokens = np.zeros((len(patient_ids), max_tokens), dtype=np.int64)
     for pid, texts in notes.groupby("patient_id", sort=False)["text"]:
         tokens[index[pid]] = encode("\n".join(texts), buckets=buckets, max_tokens=max_tokens)
-    return tokens, Counter({k: v for k, v in problems.items() if v})
+    return tokens, problems.nonzero()

@@ -1,21 +1,31 @@
-"""Site tables (labels, manifest, labs, notes) from CSV, Parquet or JSONL, every value as text.
+"""Site tables (labels, manifest, labs, notes) from CSV, Parquet or JSON Lines, every value as text.
+
+`read_table` returns the rows it could read, indexed by where each starts in the file (for CSV
+and JSON Lines the 1-based line number, the header being line 1; for Parquet the 1-based data
+row), and a Findings of the rows it could not use, by reason and row number. Rows in the file =
+rows returned + rows in the Findings (blank lines are not rows). How each format is read:
+`csv_rows`, `jsonl_rows`, `parquet_rows`; text encodings: `encodings`; caps: `rows.Caps`.
 
 Undecodable UTF-8 bytes never fail a whole file: they become U+FFFD and the affected rows are
-counted by the caller (see `undecodable`). Rows that cannot be parsed at all (a ragged CSV row,
-a broken JSON line) are skipped and their number kept in `frame.attrs[MALFORMED]`.
+counted by the caller (see `undecodable`).
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
 
+from client.site_data.csv_rows import read_csv_rows
+from client.site_data.encodings import REPLACEMENT, Utf8Tally, open_text
 from client.site_data.errors import SiteDataError
+from client.site_data.findings import Findings
+from client.site_data.jsonl_rows import read_jsonl_rows
+from client.site_data.parquet_rows import read_parquet_rows
+from client.site_data.rows import Caps
+from configs.schema import SiteLimits
 
 FORMATS = (".csv", ".parquet", ".jsonl")
-REPLACEMENT = "\ufffd"
 
 
 def find_table(site: Path, stem: str) -> Path | None:
@@ -26,58 +36,46 @@ def find_table(site: Path, stem: str) -> Path | None:
     return present[0] if present else None
 
 
-MALFORMED = "malformed_rows"  # frame.attrs key: rows skipped because they could not be parsed
-
-
-def _read_jsonl(path: Path) -> pd.DataFrame:
-    rows, bad = [], 0
-    for line in path.read_bytes().decode("utf-8", errors="replace").splitlines():
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            bad += 1
-            continue
-        if isinstance(row, dict):
-            rows.append(row)
+def _read_text(path: Path, columns: tuple[str, ...], optional: tuple[str, ...], caps: Caps
+               ) -> tuple[pd.DataFrame, Findings]:
+    size = path.stat().st_size
+    caps.check_bytes(path.name, size, "the file holds")
+    stream, codec = open_text(path)
+    with stream:
+        lines = Utf8Tally(stream, codec)
+        if path.suffix == ".jsonl":
+            frame, found = read_jsonl_rows(lines, path.name, columns, optional, caps)
         else:
-            bad += 1
-    frame = pd.DataFrame(rows)
-    frame.attrs[MALFORMED] = bad
-    return frame
+            frame, found = read_csv_rows(lines, path.name, columns, optional, caps, size)
+    lines.check(path)
+    return frame, found
 
 
-def _read_csv(path: Path) -> pd.DataFrame:
-    bad: list[list[str]] = []
-    frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8", encoding_errors="replace",
-                        engine="python", on_bad_lines=lambda fields: bad.append(fields))
-    frame.attrs[MALFORMED] = len(bad)
-    return frame
+def read_table(path: Path, columns: tuple[str, ...], optional: tuple[str, ...] = (), *,
+               limits: SiteLimits | None = None) -> tuple[pd.DataFrame, Findings]:
+    """`columns` (+ any of `optional` present) as stripped str columns indexed by row number, and
+    the rows not used by reason (reasons name the table file, e.g. 'labs.csv: ...').
 
-
-def _read(path: Path) -> pd.DataFrame:
-    if path.suffix == ".parquet":
-        return pd.read_parquet(path)
-    return _read_jsonl(path) if path.suffix == ".jsonl" else _read_csv(path)
-
-
-def read_table(path: Path, columns: tuple[str, ...], optional: tuple[str, ...] = ()) -> pd.DataFrame:
-    """`columns` (+ any of `optional` present) as stripped strings; missing columns name the file."""
+    Raises SiteDataError, naming the file and what to do, when the file cannot be read, lacks a
+    column, is in an encoding that is refused, or exceeds `limits` (max_table_rows, max_table_mb;
+    None: SiteLimits' defaults).
+    """
+    caps = Caps.of(limits)
     try:
-        frame = _read(path)
-    except Exception as exc:  # pandas/pyarrow raise many types for a damaged file
+        if path.suffix == ".parquet":
+            frame, found = read_parquet_rows(path, columns, optional, caps)
+        else:
+            frame, found = _read_text(path, columns, optional, caps)
+    except SiteDataError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - pyarrow and the OS raise many types for a damaged file
         raise SiteDataError(f"{path.name}: cannot be read ({type(exc).__name__}); export it again as "
                             f"{path.suffix[1:].upper()} with columns {list(columns)}") from exc
-    missing = [c for c in columns if c not in frame.columns]
-    if missing:
-        raise SiteDataError(f"{path.name}: missing column(s) {missing}; expected {list(columns)}")
-    keep = list(columns) + [c for c in optional if c in frame.columns]
-    malformed = frame.attrs.get(MALFORMED, 0)
-    frame = frame[keep].astype(object).where(frame[keep].notna(), "")
-    frame = frame.apply(lambda col: col.astype(str).str.strip()) if len(frame) else frame.astype(str)
-    frame.attrs[MALFORMED] = malformed
-    return frame
+    named = Findings()
+    for reason, by_source in found.rows.items():
+        for source, numbers in by_source.items():
+            named.add_rows(f"{path.name}: {reason}", source, numbers)
+    return frame, named
 
 
 def undecodable(values: pd.Series) -> pd.Series:

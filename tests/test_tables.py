@@ -1,0 +1,235 @@
+"""Tables as hospitals export them: every row used or counted by line, encodings, caps."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from client.site_data.errors import SiteDataError
+from client.site_data.labels import UNPARSEABLE_TIME, read_labels
+from client.site_data.loader import load_site
+from client.site_data.notes import encode
+from client.site_data.tables import read_table
+from configs.schema import ExperimentConfig, SiteFileConfig, SiteLimits
+from synth.hospitals import write_hospitals
+import test_bad_inputs as corpus
+from bad_inputs import BadInput
+from bad_inputs_tables import ENTRIES
+
+COLS = ("patient_id", "text")
+
+
+def write(tmp_path: Path, name: str, text: str | bytes) -> Path:
+    path = tmp_path / name
+    path.write_bytes(text if isinstance(text, bytes) else text.encode("utf-8"))
+    return path
+
+
+def rows_of(found) -> dict[str, list[int]]:  # noqa: ANN001
+    return {reason.split(": ", 1)[1]: sorted(n for nums in by.values() for n in nums)
+            for reason, by in found.rows.items()}
+
+
+def test_unclosed_quote_costs_one_row_and_the_rows_after_it_are_kept(tmp_path: Path) -> None:
+    path = write(tmp_path, "notes.csv", 'patient_id,text\nA1,fine\nA2,"Sats 94% on air\nA3,ok\nA4,"multi\nline",\nA5,end\n')
+    frame, found = read_table(path, COLS)
+    assert frame.index.tolist() == [2, 4, 5, 7] and frame["patient_id"].tolist() == ["A1", "A3", "A4", "A5"]
+    assert frame.loc[5, "text"] == "multi\nline"  # a closed multi-line note is one row
+    assert rows_of(found) == {"quote opened and never closed (the lines after it were read again as rows)": [3]}
+
+
+@pytest.mark.parametrize("ending", ["\r", "\r\n", "\n"])
+def test_line_numbers_follow_the_file_with_any_line_ending_and_blank_lines(tmp_path: Path, ending: str) -> None:
+    lines = ["patient_id,label", "A1,1", "", "   ", "A2,0", "A3,1,extra", "A4", 'A5,"0"', "A6,1,,"]
+    frame, found = read_table(write(tmp_path, "labels.csv", ending.join(lines) + ending), ("patient_id", "label"))
+    assert dict(zip(frame.index, frame["label"])) == {2: "1", 5: "0", 8: "0", 9: "1"}
+    assert rows_of(found) == {"row with more fields than the header (not used)": [6],
+                              "row with fewer fields than the header, missing a required value": [7]}
+
+
+def test_short_row_is_used_when_only_an_optional_column_is_missing(tmp_path: Path) -> None:
+    path = write(tmp_path, "labels.csv", "patient_id,label,index_time\nA1,1\nA2,0,2026-01-01\n")
+    frame, found = read_table(path, ("patient_id", "label"), optional=("index_time",))
+    assert frame["index_time"].tolist() == ["", "2026-01-01"] and not found
+
+
+def test_long_fields_nul_bytes_and_mid_field_quotes_are_data(tmp_path: Path) -> None:
+    long = "word " * 60_000  # 300 000 characters: past the csv module's default 131 072 limit
+    text = f'patient_id,text\nA1,{long}\nA2,he said "no" twice\nA3,a\x00b\n'
+    frame, found = read_table(write(tmp_path, "notes.csv", text), COLS)
+    assert frame["text"].tolist() == [long.strip(), 'he said "no" twice', "a\x00b"] and not found
+
+
+@pytest.mark.parametrize("codec", ["utf-8-sig", "utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-32-le"])
+def test_unicode_encodings_are_decoded(tmp_path: Path, codec: str) -> None:
+    text = "patient_id,text\nA1,Fièvre 38°C, µmol\nA2,ok\n".replace(", µ", " µ")
+    frame, found = read_table(write(tmp_path, "notes.csv", text.encode(codec)), COLS)
+    assert frame["text"].tolist() == ["Fièvre 38°C µmol", "ok"] and not found
+
+
+def test_windows_1252_is_refused_by_name_and_a_stray_byte_is_counted_by_the_caller(tmp_path: Path) -> None:
+    cp1252 = "patient_id,text\n" + "".join(f"A{i},Température {i}°C, état stable\n".replace(", é", " é")
+                                             for i in range(5))
+    with pytest.raises(SiteDataError, match=r"notes.csv: 5 of 6 lines are not valid UTF-8.*Windows-1252.*UTF-8"):
+        read_table(write(tmp_path, "notes.csv", cp1252.encode("cp1252")), COLS)
+    one = ("patient_id,text\nA1,café\nA2,ok\n").encode("utf-8") + "A3,d\xe9j\xe0\n".encode("cp1252")
+    frame, _ = read_table(write(tmp_path, "notes.csv", one), COLS)
+    assert frame["text"].tolist() == ["café", "ok", "d\ufffdj\ufffd"]
+
+
+def test_excel_workbook_and_unreadable_header_name_the_problem_not_the_columns(tmp_path: Path) -> None:
+    with pytest.raises(SiteDataError, match="labels.csv: is a ZIP or Excel workbook, not text; save it as 'CSV UTF-8'"):
+        read_table(write(tmp_path, "labels.csv", b"PK\x03\x04" + bytes(200)), ("patient_id", "label"))
+    with pytest.raises(SiteDataError, match="header is not readable UTF-8"):
+        read_table(write(tmp_path, "labels.csv", b"\xff\xfd\x00x,y\nA,1\n"), ("patient_id", "label"))
+
+
+def test_any_failure_on_one_json_line_counts_that_line(tmp_path: Path) -> None:
+    lines = [json.dumps({"patient_id": "A1", "text": "ok"}), "{broken", "[" * 100_000 + "]" * 100_000,
+             '{"patient_id": "A2", "text": ' + "9" * 5000 + "}", '["not", "an object"]', "",
+             json.dumps({"patient_id": "A3"}), json.dumps({"patient_id": "A4", "text": None, "x": [1]})]
+    frame, found = read_table(write(tmp_path, "notes.jsonl", "\n".join(lines) + "\n"), COLS)
+    assert dict(zip(frame.index, frame["patient_id"])) == {1: "A1", 8: "A4"} and frame.loc[8, "text"] == ""
+    assert rows_of(found) == {"line that is not valid JSON": [2, 3, 4], "JSON line that is not an object": [5],
+                              "JSON line without a required field": [7]}
+
+
+def test_parquet_rows_are_numbered_from_one_and_values_become_text(tmp_path: Path) -> None:
+    path = tmp_path / "labels.parquet"
+    pq.write_table(pa.table({"patient_id": ["A1", None, " A3 "], "label": [1.0, 0.0, None]}), path)
+    frame, found = read_table(path, ("patient_id", "label"))
+    assert frame.index.tolist() == [1, 2, 3] and not found
+    assert frame["patient_id"].tolist() == ["A1", "", "A3"] and frame["label"].tolist() == ["1", "0", ""]
+
+
+def test_caps_refuse_a_table_by_name_and_say_what_to_do(tmp_path: Path) -> None:
+    small = SiteLimits(max_table_rows=3, max_table_mb=1)
+    csv_path = write(tmp_path, "labs.csv", "patient_id,text\n" + "A,b\n" * 4)
+    with pytest.raises(SiteDataError, match=r"labs.csv: more than 3 rows, the site's limits.max_table_rows; export"):
+        read_table(csv_path, COLS, limits=small)
+    big = write(tmp_path, "notes.csv", "patient_id,text\nA," + "x" * (1 << 20) + "\n")
+    with pytest.raises(SiteDataError, match=r"notes.csv: the file holds more than 1 MiB, the site's limits.max_table_mb"):
+        read_table(big, COLS, limits=small)
+    bomb = tmp_path / "notes.parquet"  # 20 rows sharing one 100 kB value: tiny on disk, 2 MB as text
+    pq.write_table(pa.table({"patient_id": ["A"] * 20, "text": ["y" * 100_000] * 20}), bomb)
+    assert bomb.stat().st_size < 20_000
+    with pytest.raises(SiteDataError, match=r"notes.parquet: its columns expand to more than 1 MiB"):
+        read_table(bomb, COLS, limits=SiteLimits(max_table_mb=1))
+
+
+BOMB = """
+import resource, sys
+import pyarrow as pa, pyarrow.parquet as pq
+from pathlib import Path
+from client.site_data.errors import SiteDataError
+from client.site_data.tables import read_table
+path = Path(sys.argv[1]) / "labels.parquet"
+ids = pa.DictionaryArray.from_arrays(pa.array([0, 1] * 15_000_000, pa.int32()), pa.array(["junk-id", "junk2"]))
+pq.write_table(pa.table({"patient_id": ids, "label": ids}), path, row_group_size=1 << 22)
+del ids
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:
+    read_table(path, ("patient_id", "label"))
+except SiteDataError as exc:
+    print("refused", exc)
+print("size", path.stat().st_size, "grew_kb", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base)
+"""
+
+
+def test_a_parquet_row_bomb_is_refused_from_its_footer_without_growing_memory(tmp_path: Path) -> None:
+    out = subprocess.run([sys.executable, "-c", BOMB, str(tmp_path)], capture_output=True, text=True,
+                         timeout=120, check=True).stdout
+    assert "refused labels.parquet: more than 5000000 rows" in out
+    size, grew = (int(w) for w in out.split()[-3::2])
+    assert size < 2_000_000 and grew < 50_000, out  # < 50 MB more than after writing it
+
+
+def test_labels_count_every_row_they_do_not_use_by_line(tmp_path: Path) -> None:
+    text = ("patient_id,label,index_time\nA1,1,\nA1,1,\n,0,\nA2,maybe,\nA3,1,\nA3,0,\nA4,0,soon\nA5,1,x,y\n"
+            'A6,"0\n')
+    write(tmp_path, "labels.csv", text)
+    labels = read_labels(tmp_path)
+    assert labels.patient_ids == ["A1", "A4"]
+    where = {reason: [n for nums in by.values() for n in nums] for reason, by in labels.problems.rows.items()}
+    assert where == {"duplicate label row": [3], "empty patient id": [4], "label is not 0 or 1": [5],
+                     "patient with conflicting labels": [6, 7], UNPARSEABLE_TIME: [8],
+                     "labels.csv: row with more fields than the header (not used)": [9],
+                     "labels.csv: quote opened and never closed (the lines after it were read again as rows)": [10]}
+    dropped = sum(v for k, v in labels.problems.items() if k != UNPARSEABLE_TIME)
+    assert len(labels.patient_ids) + dropped == 9  # data rows in the file
+
+
+@pytest.fixture(scope="module")
+def one_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    (site,) = write_hospitals(tmp_path_factory.mktemp("one"), sites=1, patients=150, seed=3, image_size=32)
+    return site
+
+
+def _load(site: Path, experiment: ExperimentConfig, cache: Path):  # noqa: ANN202
+    return load_site(site, experiment.data, cache_dir=cache, site_file=SiteFileConfig())
+
+
+def test_csv_silent_row_loss_case(one_site: Path, tmp_path: Path, experiment: ExperimentConfig) -> None:
+    """/work/shared/cases/csv-silent-row-loss: note rows in = patients with notes + rows counted."""
+    import shutil
+    site = tmp_path / "site"
+    shutil.copytree(one_site, site)
+    notes = pd.read_csv(site / "notes.csv", dtype=str, keep_default_na=False)
+    long_text = "Admitted with chest pain. " + "pasted report line. " * 8000
+    notes.loc[0, "text"] = long_text
+    (site / "notes.csv").write_text(notes.to_csv(index=False), encoding="utf-8")
+    arrays, report = _load(site, experiment, tmp_path / "c1")
+    assert int(arrays.modality_mask[:, 2].sum()) == len(notes) and not report.note_problems
+    assert not report.table_problems
+    cap = experiment.data.note_max_tokens
+    row = arrays.tokens[arrays.modality_mask[:, 2] > 0][0]  # patients keep label order; A00001 first
+    assert np.array_equal(row, encode(long_text, buckets=experiment.data.note_buckets, max_tokens=cap))
+    assert np.count_nonzero(row) == cap
+    rows = [("A00001", "Stable overnight."), ("A00002", '"Sats 94% on air. Plan: repeat CXR'),
+            ("A00003", "Chest pain resolved."), ("A00004", "Wound clean."), ("A00005", "Home."), ("A00006", "Physio.")]
+    (site / "notes.csv").write_text("patient_id,text\n" + "".join(f"{p},{t}\n" for p, t in rows), encoding="utf-8")
+    arrays, report = _load(site, experiment, tmp_path / "c2")
+    assert int(arrays.modality_mask[:, 2].sum()) == 5 and not report.note_problems
+    reason = "notes.csv: quote opened and never closed (the lines after it were read again as rows)"
+    assert dict(report.table_problems) == {reason: 1}
+    assert report.table_problems.locations(reason, None) == (["notes.csv line 3"], 0)
+
+
+def test_labs_rows_are_counted_by_line_through_the_loader(one_site: Path, tmp_path: Path,
+                                                          experiment: ExperimentConfig) -> None:
+    import shutil
+    site = tmp_path / "site"
+    shutil.copytree(one_site, site)
+    text = (site / "labs.csv").read_text()
+    lines = text.splitlines()
+    lines.insert(3, 'A00001,2345-7,"5,mg/dL,2026-01-01T00:00:00')
+    lines.insert(5, "A00002,2345-7,1,5,mg/dL,2026-01-01T00:00:00")  # a decimal comma: not used
+    (site / "labs.csv").write_text("\n".join(lines) + "\n")
+    _, report = _load(site, experiment, tmp_path / "cache")
+    assert report.table_problems.locations(
+        "labs.csv: quote opened and never closed (the lines after it were read again as rows)", None)[0] == \
+        ["labs.csv line 4"]
+    assert report.table_problems.locations("labs.csv: row with more fields than the header (not used)",
+                                           None)[0] == ["labs.csv line 6"]
+    assert report.lab_rows_used > 0
+
+
+@pytest.fixture(scope="module")
+def clean_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    (site,) = write_hospitals(tmp_path_factory.mktemp("clean"), sites=1, patients=60, seed=11, image_size=32)
+    return site
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bad", ENTRIES, ids=[b.name for b in ENTRIES])
+def test_table_bad_inputs_have_their_outcome(bad: BadInput, clean_site: Path, tmp_path: Path,
+                                             experiment: ExperimentConfig) -> None:
+    corpus.test_bad_input_has_its_outcome(bad, clean_site, tmp_path, experiment)
