@@ -40,6 +40,8 @@ def site_experiment(requested: ExperimentConfig, released: ExperimentConfig, sit
     the release's own, a feature list that is not the site's, or a recipe value beyond the limits.
     """
     own = site_file.data or released.data
+    if site_file.lab_features is not None:  # the site's labs follow another released feature file
+        released = dataclasses.replace(released, data=dataclasses.replace(released.data, labs=own.labs))
     _refuse_site_owned_changes(requested, released, own)
     check_recipe(requested, site_file.limits, num_labs=len(own.labs))
     data = dataclasses.replace(own, root=requested.data.root, image_size=requested.data.image_size,
@@ -50,6 +52,11 @@ def site_experiment(requested: ExperimentConfig, released: ExperimentConfig, sit
 
 
 def _refuse_site_owned_changes(requested: ExperimentConfig, released: ExperimentConfig, own: DataConfig) -> None:
+    asked_codes = tuple(f.code for f in requested.data.labs)
+    if asked_codes != tuple(f.code for f in own.labs):
+        raise ConfigError("data.labs: the coordinator's model expects lab features "
+                          f"{', '.join(asked_codes)}; this site defines a different list (or order)",
+                          field="data.labs")
     for path in SITE_OWNED:
         asked = operator.attrgetter(path)(requested)
         # Only the release's own value may be restated: accepting the site's value too would tell
@@ -58,11 +65,6 @@ def _refuse_site_owned_changes(requested: ExperimentConfig, released: Experiment
             where = _first_difference(asked, operator.attrgetter(path)(released), path)
             raise ConfigError(f"{where}: set by each site (site.yaml or the released catalogue), not by the "
                               "coordinator; remove this override", field=where)
-    asked_codes = tuple(f.code for f in requested.data.labs)
-    if asked_codes != tuple(f.code for f in own.labs):
-        raise ConfigError("data.labs: the coordinator's model expects lab features "
-                          f"{', '.join(asked_codes)}; this site defines a different list (or order)",
-                          field="data.labs")
 
 
 def _first_difference(a: Any, b: Any, path: str) -> str:

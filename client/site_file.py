@@ -1,5 +1,5 @@
-"""The site-owned site.yaml, parsed strictly: local lab codes, what the data means (`data:`), the
-privacy policy, the validation split and what is released about it, and the limits on what a
+"""The site-owned site.yaml, parsed strictly: local lab codes, lab unit spellings and the lab feature
+file the site's labs follow, what the data means (`data:`), the privacy policy, the validation split and what is released about it, and the limits on what a
 coordinator may ask. Every problem names the file and the field (docs/site-data.md lists them all)."""
 
 from __future__ import annotations
@@ -13,8 +13,10 @@ from typing import Any
 import yaml
 
 from client.site_data.errors import SiteDataError
+from client.site_data.lab_units import configured_unit, unit_key
+from configs.load import CONFIG_DIR, load_experiment
 from configs.parse import ConfigError, parse_dataclass
-from configs.schema import DataConfig, SiteFileConfig
+from configs.schema import DataConfig, LabFeature, SiteFileConfig
 from configs.validate import ACCOUNTANTS, validate_data_meaning
 
 SITE_DATA_KEYS = ("window_center", "window_width", "frame_policy", "lab_window_hours")
@@ -39,20 +41,90 @@ def read_site_file(path: Path | None, catalogue: DataConfig, *, required: bool =
             raise ConfigError("<root>: expected a mapping")
         raw = dict(raw)
         data = _site_data(catalogue, raw.pop("data", None) or {})
-        cfg = dataclasses.replace(parse_dataclass(SiteFileConfig, raw), data=data)
+        cfg = parse_dataclass(SiteFileConfig, raw)
+        if cfg.lab_features is not None:
+            data = dataclasses.replace(data, labs=_released_lab_features(cfg.lab_features))
+        cfg = dataclasses.replace(cfg, data=data)
     except (yaml.YAMLError, UnicodeDecodeError, ConfigError) as exc:
         raise SiteDataError(f"{path}: {exc}; fix the site configuration file") from exc
-    problems = [*_policy_problems(cfg), *_validation_problems(cfg), *_limit_problems(cfg)]
+    problems = [*_policy_problems(cfg), *_validation_problems(cfg), *_limit_problems(cfg),
+                *_lab_code_problems(cfg, data.labs), *_lab_unit_problems(cfg, data.labs)]
     if problems:
         raise SiteDataError(f"{path}: " + "; ".join(problems))
-    features = {f.code for f in catalogue.labs}
+    return cfg
+
+
+def _released_lab_features(name: str) -> tuple[LabFeature, ...]:
+    """The lab features of the released data group `name` (configs/data/<name>.yaml), never a
+    path: every site and the coordinator read the same file. Raises ConfigError naming the key."""
+    options = sorted(p.stem for p in (CONFIG_DIR / "data").glob("*.yaml"))
+    if name not in options:
+        raise ConfigError(f"lab_features: {name!r} is not a released lab feature file (configs/data: "
+                          f"{', '.join(options)}; a name, not a path)", field="lab_features")
+    try:
+        return load_experiment([f"data={name}"]).data.labs
+    except ConfigError as exc:
+        raise ConfigError(f"lab_features: configs/data/{name}.yaml does not load: {exc}",
+                          field="lab_features") from exc
+
+
+def _factor_ok(value: float | None) -> bool:
+    return value is not None and math.isfinite(value) and value > 0
+
+
+def _lab_code_problems(cfg: SiteFileConfig, labs: tuple[LabFeature, ...]) -> list[str]:
+    features, problems = {f.code for f in labs}, []
     for i, local in enumerate(cfg.lab_codes):
         if local.feature not in features:
-            raise SiteDataError(f"{path}: lab_codes[{i}].feature {local.feature!r} is not a configured "
-                                f"lab feature (configured: {', '.join(sorted(features))})")
+            problems.append(f"lab_codes[{i}].feature {local.feature!r} is not a configured lab feature "
+                            f"(configured: {', '.join(sorted(features))}; a dataset whose lab features are not "
+                            "in the catalogue selects a lab feature file: lab_features)")
         if local.code in features:
-            raise SiteDataError(f"{path}: lab_codes[{i}].code {local.code!r} is already a configured code")
-    return cfg
+            problems.append(f"lab_codes[{i}].code {local.code!r} is already a configured code (a unit of a "
+                            "configured code goes in lab_units)")
+        for unit, factor in local.conversions.items():
+            if not _factor_ok(factor):
+                problems.append(f"lab_codes[{i}].conversions.{unit}: the factor must be a finite number > 0 "
+                                f"(got {factor})")
+    return problems
+
+
+def _lab_unit_problems(cfg: SiteFileConfig, labs: tuple[LabFeature, ...]) -> list[str]:
+    """Each lab_units entry names a configured feature and exactly one of a catalogue unit of it
+    (`same_as`) or a finite factor > 0; it never changes a released factor, and a feature lists
+    each unit once."""
+    by_code, problems = {f.code: f for f in labs}, []
+    seen: dict[tuple[str, str], int] = {}
+    for i, entry in enumerate(cfg.lab_units):
+        where, feature = f"lab_units[{i}]", by_code.get(entry.feature)
+        if feature is None:
+            problems.append(f"{where}.feature {entry.feature!r} is not a configured lab feature "
+                            f"(configured: {', '.join(sorted(by_code))})")
+            continue
+        if not entry.unit.strip():
+            problems.append(f"{where}.unit must not be empty")
+            continue
+        if (entry.same_as is None) == (entry.factor is None):
+            problems.append(f"{where}: give exactly one of same_as (a unit of {feature.code} in the catalogue: "
+                            f"{', '.join(feature.conversions)}) or factor (to {feature.unit})")
+            continue
+        if entry.same_as is not None and entry.same_as not in feature.conversions:
+            problems.append(f"{where}.same_as {entry.same_as!r} is not a unit of {feature.code} in the catalogue "
+                            f"({', '.join(feature.conversions)})")
+            continue
+        if entry.factor is not None and not _factor_ok(entry.factor):
+            problems.append(f"{where}.factor must be a finite number > 0 (got {entry.factor})")
+            continue
+        factor = feature.conversions[entry.same_as] if entry.same_as is not None else entry.factor
+        released = configured_unit(entry.unit, feature.conversions)
+        if released is not None and not math.isclose(feature.conversions[released], factor, rel_tol=1e-9):
+            problems.append(f"{where}.unit {entry.unit!r} is the catalogue's {released!r} for {feature.code} "
+                            f"(factor {feature.conversions[released]:g}); a site does not change a released factor")
+        earlier = seen.setdefault((feature.code, unit_key(entry.unit)), i)
+        if earlier != i:
+            problems.append(f"{where}.unit {entry.unit!r}: {feature.code} already has this unit at "
+                            f"lab_units[{earlier}]")
+    return problems
 
 
 def _site_data(catalogue: DataConfig, section: Any) -> DataConfig:

@@ -122,6 +122,18 @@ class LocalLabCode:
 
 
 @dataclass(frozen=True)
+class LabUnit:
+    """A unit this site's export reports a configured feature in, which the catalogue does not
+    spell (site.yaml `lab_units`): either a spelling of one of the feature's catalogue units
+    (`same_as`, whose released factor applies) or a new unit with its own `factor`."""
+
+    feature: str                  # a configured feature code
+    unit: str                     # the unit as the export prints it
+    same_as: str | None = None    # a unit of the feature in the catalogue
+    factor: float | None = None   # else: multiplies a value in `unit` to give the canonical unit
+
+
+@dataclass(frozen=True)
 class PrivacyPolicy:
     """The site's privacy promise for one dataset; it can only tighten what the coordinator asks."""
 
@@ -174,6 +186,10 @@ class SiteFileConfig:
     """site.yaml: configuration the site owns; the coordinator never sends or sees it."""
 
     lab_codes: tuple[LocalLabCode, ...] = ()
+    # A released lab feature file (configs/data/<name>.yaml) this site's labs follow instead of the
+    # default catalogue's (null: the default); the coordinator selects the same one (data=<name>).
+    lab_features: str | None = None
+    lab_units: tuple[LabUnit, ...] = ()
     privacy: PrivacyPolicy | None = None  # None: no policy written; the built-in PrivacyPolicy() applies
     validation: ValidationSplit = field(default_factory=ValidationSplit)
     limits: SiteLimits = field(default_factory=SiteLimits)

@@ -61,6 +61,8 @@ class LoadReport:
     lab_rows_dropped: Findings = field(default_factory=Findings)
     unit_conversions: Counter[str] = field(default_factory=Counter)
     unknown_lab_codes: Counter[str] = field(default_factory=Counter)
+    lab_values_clipped: Findings = field(default_factory=Findings)  # "value beyond ±5 reference SD (clipped) for <code>"
+    lab_values_used: Counter[str] = field(default_factory=Counter)  # feature code -> values used (its denominator)
     note_problems: Findings = field(default_factory=Findings)
     table_problems: Findings = field(default_factory=Findings)
 
@@ -135,9 +137,12 @@ def load_site(site: Path, cfg: DataConfig, *, cache_dir: Path, site_file: SiteFi
     quota = (site_file or SiteFileConfig()).limits.cache_mb << 20
     image, has_image = _images(site, ids, cfg, cache_dir, report, quota, limits)
     labs_frame = _table(site, "labs", LAB_COLUMNS, report, limits)
-    labs, lab_mask, counts = lab_matrix(labs_frame, ids, cfg.labs, local=(site_file or SiteFileConfig()).lab_codes,
-                                        index_time=labels.index_time, window_hours=cfg.lab_window_hours)
+    own = site_file or SiteFileConfig()
+    labs, lab_mask, counts = lab_matrix(labs_frame, ids, cfg.labs, local=own.lab_codes, site_units=own.lab_units,
+                                        index_time=labels.index_time, window_hours=cfg.lab_window_hours,
+                                        source=report.tables["labs"] or "labs")
     report.lab_rows_used, report.lab_rows_dropped = counts.used, counts.dropped
+    report.lab_values_clipped, report.lab_values_used = counts.clipped, counts.used_by_feature
     report.unit_conversions = counts.converted
     report.unknown_lab_codes = Counter(dict(counts.unknown_codes.most_common(20)))
     notes_frame = _table(site, "notes", ("patient_id", "text"), report, limits)

@@ -14,6 +14,7 @@ from typing import Any
 from client.site import SiteSettings
 from client.site_data.loader import LoadReport, SiteArrays, SiteDataError, load_site
 from client.site_data.labels import read_labels
+from client.site_data.readiness.lab_advice import lab_warnings
 from client.recipe import check_data_limits, site_experiment
 from client.site_file import read_site_file
 from configs.load import released_experiment
@@ -60,6 +61,7 @@ def _warnings(arrays: SiteArrays, report: LoadReport, min_validation: int) -> li
     if report.patients > report.usable_patients:
         out.append(f"{report.patients - report.usable_patients} labelled patients have no usable "
                    "modality and are left out")
+    out.extend(lab_warnings(report.lab_rows_dropped, report.lab_values_clipped, report.lab_values_used))
     return out
 
 
