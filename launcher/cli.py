@@ -103,11 +103,16 @@ def _site_check(args: argparse.Namespace, console: Console) -> int:
     from client.site import site_settings
     from configs.load import load_experiment
     from storage.atomic import write_json
-    cfg = load_experiment(list(args.overrides))
     node = {"data-path": str(args.folder)}
     node |= {"state-dir": str(args.state_dir)} if args.state_dir else {}
     node |= {"site-config": str(args.site_config)} if args.site_config else {}
     site = site_settings(node, None)
+    overrides = list(args.overrides)
+    chosen = _released_lab_features(site.site_file)
+    if chosen and not any(o.split("=", 1)[0] == "data" for o in overrides):
+        overrides.insert(0, f"data={chosen}")  # the runs this site joins select its feature file
+        console.print(f"site.yaml lab_features: checking the configuration data={chosen}", highlight=False)
+    cfg = load_experiment(overrides)
     verdict = check_site(site, cfg.data, cfg)
     limit = None if args.all else max(0, args.limit)
     render(verdict, console, limit)
@@ -122,6 +127,22 @@ def _site_check(args: argparse.Namespace, console: Console) -> int:
         console.print(f"report for site IT (file names and row numbers; keep it at the site): "
                       f"{args.json.resolve()}", soft_wrap=True, highlight=False)
     return 0 if verdict.can_train else 1
+
+
+def _released_lab_features(site_file: Path) -> str | None:
+    """site.yaml's `lab_features` when it names a released configs/data file (anything else is
+    left for the site check to refuse, with the field named)."""
+    import yaml
+
+    from configs.load import CONFIG_DIR
+    try:
+        raw = yaml.safe_load(site_file.read_text(encoding="utf-8")) if site_file.is_file() else None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    name = raw.get("lab_features") if isinstance(raw, dict) else None
+    if isinstance(name, str) and name in {p.stem for p in (CONFIG_DIR / "data").glob("*.yaml")}:
+        return name
+    return None
 
 
 def _run(overrides: list[str], console: Console) -> int:

@@ -10,12 +10,15 @@ SiteDataError message that must name the file and the field.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pydicom
 from pydicom.uid import generate_uid
 
@@ -234,7 +237,7 @@ def _local_code_to_unknown_feature(site: Path) -> None:
     (site / "site.yaml").write_text('lab_codes:\n  - {code: LOCAL-1, feature: "9999-9"}\n')
 
 
-CORPUS: tuple[BadInput, ...] = (
+_GENERAL: tuple[BadInput, ...] = (
     # labels
     BadInput("labels file missing", _unlink("labels.csv"), fatal="labels.csv: labels file is missing"),
     BadInput("labels without a label column", _write("labels.csv", "patient_id,outcome\nA1,1\n"),
@@ -308,3 +311,177 @@ CORPUS: tuple[BadInput, ...] = (
     BadInput("ragged CSV row in notes", _append_raw("notes.csv", 'X1,an unquoted, comma,and more\n'),
              counted=("table_problems", "notes.csv: row with more fields than the header (not used)")),
 )
+
+
+# Tables as hospitals export them: quotes, ragged rows, encodings, JSON lines and caps. Each
+# replaces or rewrites a whole file, so none is combinable.
+
+UNCLOSED = "quote opened and never closed (the lines after it were read again as rows)"
+
+
+def _insert_line(name: str, at: int, line: str) -> Mutation:
+    """Put a raw line before data row `at` (0-based), keeping every other line as it is."""
+    def mutate(site: Path) -> None:
+        lines = (site / name).read_text(encoding="utf-8").splitlines()
+        lines.insert(1 + at, line)
+        (site / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return mutate
+
+
+def _labels_unclosed_quote(site: Path) -> None:
+    _insert_line("labels.csv", 30, 'X-UNCLOSED,"1')(site)
+
+
+def _labs_unclosed_quote(site: Path) -> None:
+    pid = patient(site, 40)
+    _insert_line("labs.csv", 3, f'{pid},2345-7,"5,mg/dL,2026-01-01T00:00:00')(site)
+
+
+def _labs_decimal_comma(site: Path) -> None:
+    pid = patient(site, 41)
+    _insert_line("labs.csv", 5, f"{pid},2345-7,1,5,mg/dL,2026-01-01T00:00:00")(site)
+
+
+def _labs_long_code(site: Path) -> None:
+    pid = patient(site, 42)
+    _insert_line("labs.csv", 7, f"{pid},{'X' * 200_000},5,mg/dL,2026-01-01T00:00:00")(site)
+
+
+def _manifest_short_row(site: Path) -> None:
+    _insert_line("manifest.csv", 2, patient(site, 43))(site)
+
+
+def _reencode(name: str, codec: str, newline: str = "\n") -> Mutation:
+    def mutate(site: Path) -> None:
+        text = (site / name).read_text(encoding="utf-8")
+        (site / name).write_bytes(newline.join(text.splitlines()).encode(codec) + newline.encode(codec))
+    return mutate
+
+
+def _bad_label_then(then: Mutation) -> Mutation:
+    def mutate(site: Path) -> None:
+        frame = table(site, "labels.csv")
+        frame.loc[4, "label"] = "unknown"
+        frame.to_csv(site / "labels.csv", index=False)
+        then(site)
+    return mutate
+
+
+def _notes_cp1252(site: Path) -> None:
+    rows = "".join(f"{patient(site, k)},Fièvre {k}°C, état stable\n".replace(", é", " é") for k in range(3))
+    (site / "notes.csv").write_bytes(("patient_id,text\n" + rows).encode("cp1252"))
+
+
+def _notes_jsonl_with_unparseable_lines(site: Path) -> None:
+    lines = [json.dumps(r) for r in table(site, "notes.csv").to_dict("records")]
+    lines += ["[" * 100_000 + "]" * 100_000, '{"patient_id": "A", "text": ' + "9" * 5000 + "}"]
+    (site / "notes.csv").unlink()
+    (site / "notes.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _notes_parquet_bomb(site: Path) -> None:
+    (site / "notes.csv").unlink()
+    rows = 40  # one 100 kB value repeated: a few kB on disk, 4 MB once expanded
+    pq.write_table(pa.table({"patient_id": [patient(site, 0)] * rows, "text": ["y" * 100_000] * rows}),
+                   site / "notes.parquet")
+    with (site / "site.yaml").open("a", encoding="utf-8") as fh:
+        fh.write("\nlimits:\n  max_table_mb: 2\n")
+
+
+_TABLES: tuple[BadInput, ...] = (
+    BadInput("labels row with an unclosed quote", _labels_unclosed_quote,
+             counted=("label_problems", f"labels.csv: {UNCLOSED}"), combinable=False),
+    BadInput("labs row with an unclosed quote", _labs_unclosed_quote,
+             counted=("table_problems", f"labs.csv: {UNCLOSED}"), combinable=False),
+    BadInput("labs value with a decimal comma", _labs_decimal_comma,
+             counted=("table_problems", "labs.csv: row with more fields than the header (not used)"),
+             combinable=False),
+    BadInput("labs code over the csv module's field limit", _labs_long_code,
+             counted=("unknown_lab_codes", "a code that is not LOINC-shaped"), combinable=False),
+    BadInput("manifest row missing its image path", _manifest_short_row,
+             counted=("manifest_problems", "manifest.csv: row with fewer fields than the header, missing a "
+                                           "required value"), combinable=False),
+    BadInput("labels in UTF-16 with a BOM", _bad_label_then(_reencode("labels.csv", "utf-16")),
+             counted=("label_problems", "label is not 0 or 1"), combinable=False),
+    BadInput("labels in UTF-16-LE without a BOM, CR line endings",
+             _bad_label_then(_reencode("labels.csv", "utf-16-le", "\r")),
+             counted=("label_problems", "label is not 0 or 1"), combinable=False),
+    BadInput("notes in Windows-1252", _notes_cp1252,
+             counted=("table_problems", "notes.csv: 3 of 4 lines are not valid UTF-8; the file looks like "
+                                        "Windows-1252 or Latin-1 text. Export it again as UTF-8 (in Excel: "
+                                        "'CSV UTF-8') (table ignored)"), combinable=False),
+    BadInput("notes JSON lines too deep or with a huge integer", _notes_jsonl_with_unparseable_lines,
+             counted=("table_problems", "notes.jsonl: line that is not valid JSON"), combinable=False),
+    BadInput("notes Parquet expanding past the site's byte cap", _notes_parquet_bomb,
+             counted=("table_problems", "notes.parquet: its columns expand to more than 2 MiB, the site's "
+                                        "limits.max_table_mb; export only the rows and columns the study "
+                                        "needs, or raise the limit in site.yaml (table ignored)"),
+             combinable=False),
+)
+
+
+# Labs: unit spellings, site.yaml lab_units and lab_features, values beyond the reference range.
+# Rows go to lab patients 5-9 (lab_patient), each one minute after that patient's latest lab, so
+# that an index time set by another entry (one hour after the latest lab) keeps them in the window.
+
+def _after_latest(site: Path, pid: str) -> str:
+    labs = table(site, "labs.csv")
+    times = pd.to_datetime(labs.loc[labs["patient_id"] == pid, "time"], errors="coerce", format="ISO8601")
+    return (times.max() + pd.Timedelta(minutes=1)).strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def _lab_for(k: int, **changes: str) -> Mutation:
+    """Append one lab row for lab patient `k`, in the window."""
+    def mutate(site: Path) -> None:
+        pid = lab_patient(site, k)
+        append(site, "labs.csv", lab(site, patient_id=pid, time=_after_latest(site, pid), **changes))
+    return mutate
+
+
+def _site_yaml(text: str) -> Mutation:
+    """Append `text` (top-level keys) to the site's site.yaml."""
+    def mutate(site: Path) -> None:
+        with (site / "site.yaml").open("a", encoding="utf-8") as fh:
+            fh.write("\n" + text)
+    return mutate
+
+
+def _site_unit_and_row(site: Path) -> None:
+    _site_yaml('lab_units:\n  - {feature: "2345-7", unit: "mg%", factor: 1.0}\n')(site)
+    _lab_for(9, code="2345-7", value="100", unit="mg%")(site)
+
+
+UNITS = "unit_conversions"
+_LABS: tuple[BadInput, ...] = (
+    # spellings of catalogue units convert as the catalogue unit (client/site_data/lab_units.py)
+    BadInput("lab unit with the micro sign", _lab_for(5, code="2160-0", value="88.4", unit="\u00b5mol/L"),
+             counted=(UNITS, "2160-0: umol/L -> mg/dL")),
+    BadInput("lab unit with Greek mu, spaces and a small l", _lab_for(6, code="2160-0", value="88.4", unit=" \u03bcmol / l "),
+             counted=(UNITS, "2160-0: umol/L -> mg/dL")),
+    BadInput("lab count unit written 10^9/L", _lab_for(7, code="6690-2", value="8.1", unit="10^9/L"),
+             counted=(UNITS, "6690-2: 10*9/L -> 10*3/uL")),
+    BadInput("lab unit in fullwidth characters", _lab_for(8, code="718-7", value="131", unit="\uff47\uff0f\uff2c"),
+             counted=(UNITS, "718-7: g/L -> g/dL")),
+    BadInput("lab value far beyond the reference range", _lab_for(5, code="2345-7", value="1400", unit="mg/dL"),
+             counted=("lab_values_clipped", "value beyond ±5 reference SD (clipped) for 2345-7")),
+    BadInput("lab unit added in site.yaml lab_units", _site_unit_and_row,
+             counted=(UNITS, "2345-7: site.yaml lab_units[0] -> mg/dL"), combinable=False),
+    # site.yaml mistakes stop the site with the field named
+    BadInput("site.yaml lab_units NaN factor", _site_yaml('lab_units:\n  - {feature: "2160-0", unit: "mmol/L", factor: .nan}\n'),
+             fatal="site.yaml: lab_units[0].factor must be a finite number > 0 (got nan)"),
+    BadInput("site.yaml lab_units negative factor", _site_yaml('lab_units:\n  - {feature: "2160-0", unit: "mmol/L", factor: -11.31}\n'),
+             fatal="site.yaml: lab_units[0].factor must be a finite number > 0 (got -11.31)"),
+    BadInput("site.yaml lab_units for an unconfigured feature", _site_yaml('lab_units:\n  - {feature: "2093-3", unit: "mg/dL", factor: 1.0}\n'),
+             fatal="site.yaml: lab_units[0].feature '2093-3' is not a configured lab feature"),
+    BadInput("site.yaml lab_units changes a released factor", _site_yaml('lab_units:\n  - {feature: "2160-0", unit: "\u00b5mol/L", factor: 0.0113}\n'),
+             fatal="site.yaml: lab_units[0].unit '\u00b5mol/L' is the catalogue's 'umol/L' for 2160-0"),
+    BadInput("site.yaml lab_units same_as an unknown unit", _site_yaml('lab_units:\n  - {feature: "2160-0", unit: "mM", same_as: "mmol/L"}\n'),
+             fatal="site.yaml: lab_units[0].same_as 'mmol/L' is not a unit of 2160-0 in the catalogue"),
+    BadInput("site.yaml lab_codes zero factor", _site_yaml('lab_codes:\n  - {code: GLU-BG, feature: "2345-7", conversions: {mmol/L: 0}}\n'),
+             fatal="site.yaml: lab_codes[0].conversions.mmol/L: the factor must be a finite number > 0"),
+    BadInput("site.yaml lab_features not released", _site_yaml("lab_features: ../../elsewhere/labs\n"),
+             fatal="site.yaml: lab_features: '../../elsewhere/labs' is not a released lab feature file"),
+)
+
+
+CORPUS: tuple[BadInput, ...] = (*_GENERAL, *_TABLES, *_LABS)

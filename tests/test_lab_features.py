@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -169,6 +171,11 @@ def test_a_site_with_local_codes_follows_a_released_feature_file(small_sites: Pa
     after = check_site(site_settings(node, None), requested.data, requested)
     assert after.can_train, after.reason
     assert not [w for w in after.warnings if "lab" in w]
+    # `fedclinic site check` with no data= checks the configuration the site's runs will use
+    done = subprocess.run([sys.executable, "-m", "launcher.cli", "site", "check", str(site), "--state-dir",
+                           str(tmp_path / "state2")], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "READY to train" in done.stdout, done.stdout + done.stderr
+    assert "checking the configuration data=example_local_codes" in done.stdout
     # the model's input definition must match: a coordinator that does not select the file is refused
     with pytest.raises(ConfigError, match="data.labs: the coordinator's model expects lab features 2345-7"):
         site_experiment(released, released, site_file)

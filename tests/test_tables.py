@@ -20,9 +20,6 @@ from client.site_data.notes import encode
 from client.site_data.tables import read_table
 from configs.schema import ExperimentConfig, SiteFileConfig, SiteLimits
 from synth.hospitals import write_hospitals
-import test_bad_inputs as corpus
-from bad_inputs import BadInput
-from bad_inputs_tables import ENTRIES
 
 COLS = ("patient_id", "text")
 
@@ -221,15 +218,3 @@ def test_labs_rows_are_counted_by_line_through_the_loader(one_site: Path, tmp_pa
                                            None)[0] == ["labs.csv line 6"]
     assert report.lab_rows_used > 0
 
-
-@pytest.fixture(scope="module")
-def clean_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    (site,) = write_hospitals(tmp_path_factory.mktemp("clean"), sites=1, patients=60, seed=11, image_size=32)
-    return site
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("bad", ENTRIES, ids=[b.name for b in ENTRIES])
-def test_table_bad_inputs_have_their_outcome(bad: BadInput, clean_site: Path, tmp_path: Path,
-                                             experiment: ExperimentConfig) -> None:
-    corpus.test_bad_input_has_its_outcome(bad, clean_site, tmp_path, experiment)

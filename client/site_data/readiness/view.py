@@ -16,10 +16,12 @@ SECTIONS = (
     ("manifest_problems", "manifest rows not used"),
     ("quarantined_images", "quarantined image files, by reason"),
     ("lab_rows_dropped", "lab rows dropped, by reason"),
+    ("lab_values_clipped", "lab values beyond ±5 reference SD, clipped at the model's input"),
     ("unit_conversions", "unit conversions applied (rows)"),
-    ("unknown_lab_codes", "unknown lab codes (register site codes in site.yaml lab_codes)"),
+    ("unknown_lab_codes", "unknown lab codes (map them in site.yaml lab_codes, or choose a released "
+                          "feature file with lab_features: see docs/site-data.md)"),
     ("note_problems", "notes not used"),
-    ("table_problems", "table files with problems"),
+    ("table_problems", "rows and tables that could not be read"),
 )
 
 
