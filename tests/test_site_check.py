@@ -46,6 +46,14 @@ def test_a_site_with_broken_files_is_ready_and_every_problem_has_its_reason(smal
     for reason, entry in where.items():
         assert entry["more"] == 0 and len(entry["at"]) == entry["count"] == report["quarantined_images"][reason]
         assert all((site / rel).is_file() for rel in entry["at"]), entry
+    # ... and every counted table row by its line, which holds what the reason says
+    site_it = json.loads(out.read_text())["locations"]
+    for group, reasons in site_it.items():
+        for reason, entry in reasons.items():
+            assert len(entry["at"]) == entry["count"] == report[group][reason], (group, reason, entry)
+    lines = (site / "labs.csv").read_text().splitlines()
+    non_finite = [f"labs.csv line {i}" for i, line in enumerate(lines, 1) if line.split(",")[2] in ("NaN", "inf")]
+    assert site_it["lab_rows_dropped"]["non-finite value (NaN/inf)"]["at"] == non_finite and len(non_finite) == 2
     truncated = where["truncated or corrupt file"]["at"]
     assert truncated == [pd.read_csv(site / "manifest.csv", dtype=str)["image_path"].iloc[17]]  # _truncate's file
     assert truncated[0] in done.stdout  # the console lists them too
