@@ -85,13 +85,16 @@ def test_known_good_files_load(outcomes: dict[str, tuple[bool, str]], name: str)
     ("MR_truncated.dcm", "truncated or corrupt file"),
     ("JPEG-lossy.dcm", "no permissive decoder for JPEG Extended (Process 2 and 4)"),
     ("JPGExtended.dcm", "no permissive decoder for JPEG Extended (Process 2 and 4)"),
-    ("JPEG2000-embedded-sequence-delimiter.dcm", "pixel data cannot be decoded"),
+    # its codestream's SIZ marker states 3,722,445,056 x 1024 samples: refused before decoding
+    ("JPEG2000-embedded-sequence-delimiter.dcm", "image too large"),
     ("meta_missing_tsyntax.dcm", "missing transfer syntax"),
     ("nested_priv_SQ.dcm", "invalid image attributes"),
     ("test-SR.dcm", "non-image object: Comprehensive SR Storage"),
     ("reportsi.dcm", "non-image object: Basic Text SR Storage"),
     ("rtplan.dcm", "non-image object: RT Plan Storage"),
-    ("rtstruct.dcm", "not a DICOM file"),  # no preamble / "DICM" prefix: not a Part 10 file
+    # no preamble / "DICM" prefix, but a bare dataset starting with group 0008: read
+    ("rtstruct.dcm", "non-image object: RT Structure Set Storage"),
+    ("ExplVR_BigEndNoMeta.dcm", "non-image object: RT Ion Plan Storage"),  # bare, big endian
     ("waveform_ecg.dcm", "non-image object: 12-lead ECG Waveform Storage"),
     ("dicomdirtests/DICOMDIR", "non-image object: Media Storage Directory Storage"),
     ("dicomdirtests/TINY_ALPHA/PT000000/ST000000/SE000000/IM000000", "no pixel data"),

@@ -1,14 +1,21 @@
 """Per-file preprocessing cache: a DICOM file (or series folder) is decoded once, not every round.
 
 Key: SHA-256 over CACHE_VERSION, the preprocessing parameters (size, window, frame policy), the
-    decoding environment (pydicom's version and the plugins available for each transfer
-    syntax, so installing a decoder retires "no permissive decoder" entries) and the input's
-    content digest: a file's SHA-256; a folder's SHA-256 over each non-hidden file's name, size
-    and SHA-256, in name order. Changed content or parameters give a different key, i.e. a miss.
-    Bump CACHE_VERSION when preprocessing changes. (Folder digests were a single SHA-256 over
-    names, sizes and bytes before the hash memo; those old folder entries are simply never hit.)
-    A file is hashed and decoded from the same bytes. A folder is hashed, then read again to
-    decode; a file rewritten in between is picked up by the next round's key.
+    size caps (client.site_data.imaging.limits.DicomLimits: a changed cap decides every file
+    again), the decoding environment (pydicom's version and the plugins available for each
+    transfer syntax, so installing a decoder retires "no permissive decoder" entries) and the
+    input's content digest: a file's SHA-256; a folder's SHA-256 over each non-hidden file's
+    name, size and SHA-256, in name order. Changed content or parameters give a different key,
+    i.e. a miss. Bump CACHE_VERSION when preprocessing changes. (Folder digests were a single
+    SHA-256 over names, sizes and bytes before the hash memo; those old folder entries are
+    simply never hit.)
+Size cap first: a file over limits.max_file_mb is "image too large" from its stat alone: never
+    opened, hashed or cached (a folder's member over the cap is never read either: its stat
+    signature stands in for its digest). Files are hashed CHUNK (1 MiB) at a time.
+    A file is hashed, then decoded, from the same open file; when its stat signature (size,
+    mtime, ctime, inode, device) changed meanwhile, the outcome is returned but not cached. A
+    folder is hashed, then read again to decode; a file rewritten in between is picked up by the
+    next round's key.
 Entry: <cache_dir>/<key[:2]>/<key>.entry, mode 0600, written atomically (temp file in the same
     folder, fsync, os.replace: storage.atomic), so racing processes both succeed and a reader
     never sees a torn entry. Both outcomes are cached:
@@ -28,7 +35,7 @@ Hash memo: re-reading and re-hashing every source file on every round would cost
     missing or damaged memo entry, or a non-regular file means the file is read and hashed
     again (and the memo rewritten). A folder is memoised per contained file. The signature is
     taken with fstat on the open file before it is read. On a cache miss a memoised file is
-    read and hashed anyway (it must be decoded), and the entry is keyed by what was read.
+    hashed anyway (it must be decoded), and the entry is keyed by what was hashed.
     Trade-off (the same one git makes): content rewritten with the same size, within the same
     mtime AND ctime tick, on the same inode, after it was hashed, would keep the old digest.
     ctime moves on every content write, chmod, rename or link, even when a tool restores the
@@ -50,18 +57,28 @@ import os
 import re
 import stat
 import time
+from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pydicom
 from pydicom.pixels import decoders
 from pydicom.pixels.decoders.base import Decoder
 
-from client.site_data.imaging.dicom import check_arguments, image_from_bytes, read_image
-from client.site_data.imaging.reasons import FILE_NOT_FOUND, FILE_NOT_READABLE, UnusableImage, is_known_reason
+from client.site_data.imaging.dicom import check_arguments, image_from_file, open_image_file, read_image
+from client.site_data.imaging.limits import DEFAULT_LIMITS, DicomLimits
+from client.site_data.imaging.reasons import (
+    FILE_NOT_FOUND,
+    FILE_NOT_READABLE,
+    TOO_LARGE,
+    UnusableImage,
+    is_known_reason,
+)
 from storage.atomic import write_atomic
 
-CACHE_VERSION = "1"
+CACHE_VERSION = "2"  # 2: float32 frame-by-frame decoding, size caps (limits) in the key
 IMAGE_TAG, REASON_TAG = b"IMG\n", b"BAD\n"
 TRANSIENT_REASONS = frozenset({FILE_NOT_FOUND, FILE_NOT_READABLE})
 CHUNK = 1 << 20
@@ -142,28 +159,25 @@ def _remember(memo_dir: Path | None, path: Path, st: os.stat_result, digest: str
         pass  # a read-only or full cache only costs speed
 
 
-def _read_with_stat(path: Path) -> tuple[bytes, os.stat_result]:
-    """The file's bytes and its fstat taken before reading; missing/unreadable: UnusableImage."""
+def hash_open(fh: BinaryIO) -> str:
+    """SHA-256 of an open file from its start, read CHUNK bytes at a time (bounded memory)."""
+    digest = hashlib.sha256()
+    fh.seek(0)
     try:
-        with open(path, "rb") as fh:
-            st = os.fstat(fh.fileno())
-            return fh.read(), st
-    except FileNotFoundError:
-        raise UnusableImage(FILE_NOT_FOUND) from None
+        for chunk in iter(lambda: fh.read(CHUNK), b""):
+            digest.update(chunk)
     except OSError:
         raise UnusableImage(FILE_NOT_READABLE) from None
+    return digest.hexdigest()
 
 
-def read_hashed(path: Path, memo_dir: Path | None = None) -> tuple[bytes, str]:
-    """The file's bytes and their SHA-256, memoising the digest in `memo_dir` (if given)."""
-    data, st = _read_with_stat(path)
-    digest = hashlib.sha256(data).hexdigest()
-    _remember(memo_dir, path, st, digest)
-    return data, digest
-
-
-def _file_digest(path: Path, memo_dir: Path | None) -> tuple[int, str]:
-    """(size, SHA-256) of one file, from the memo or by streaming it; raises OSError."""
+def _file_digest(path: Path, memo_dir: Path | None, limits: DicomLimits) -> tuple[int, str]:
+    """(size, SHA-256) of one file, from the memo or by streaming it; raises OSError. A file over
+    limits.max_file_mb is not read: its "digest" is that of its stat signature."""
+    st = os.stat(path)
+    if st.st_size > limits.max_file_bytes:
+        marker = b"over the file size cap\0" + " ".join(map(str, stat_signature(st))).encode()
+        return st.st_size, hashlib.sha256(marker).hexdigest()
     if (hit := _memo_hit(path, memo_dir)) is not None:
         return hit[0][0], hit[1]
     digest = hashlib.sha256()
@@ -175,16 +189,17 @@ def _file_digest(path: Path, memo_dir: Path | None) -> tuple[int, str]:
     return st.st_size, digest.hexdigest()
 
 
-def folder_digest(folder: Path, memo_dir: Path | None = None) -> str:
+def folder_digest(folder: Path, memo_dir: Path | None = None, limits: DicomLimits = DEFAULT_LIMITS) -> str:
     """SHA-256 over (name, size, SHA-256) of the folder's non-hidden files, in name order.
 
     Per-file digests come from the hash memo in `memo_dir` when given (None: always hashed).
+    A file over limits.max_file_mb is never read; its stat signature stands in for its digest.
     """
     digest = hashlib.sha256()
     try:
         files = sorted(p for p in folder.iterdir() if not p.name.startswith(".") and p.is_file())
         for path in files:
-            size, file_digest = _file_digest(path, memo_dir)
+            size, file_digest = _file_digest(path, memo_dir, limits)
             digest.update(os.fsencode(path.name) + b"\0" + size.to_bytes(8, "little")
                           + bytes.fromhex(file_digest))
     except OSError:
@@ -193,11 +208,11 @@ def folder_digest(folder: Path, memo_dir: Path | None = None) -> str:
 
 
 def entry_key(content_digest: str, *, size: int, window: tuple[float, float] | None,
-              frame_policy: str) -> str:
+              frame_policy: str, limits: DicomLimits = DEFAULT_LIMITS) -> str:
     """Cache key of one input (its content digest) under one set of preprocessing parameters."""
     params = {"version": CACHE_VERSION, "size": size, "frame_policy": frame_policy,
               "window": None if window is None else [float(window[0]), float(window[1])],
-              "decoders": decoder_environment()}
+              "decoders": decoder_environment(), "limits": asdict(limits)}
     digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode() + b"\0")
     digest.update(content_digest.encode())
     return digest.hexdigest()
@@ -259,50 +274,80 @@ def image_payload(image: np.ndarray) -> bytes:
 
 
 def _lookup(cache_dir: Path, digest: str, size: int, window: tuple[float, float] | None,
-            frame_policy: str) -> tuple[Path, np.ndarray | str | None]:
-    key = entry_key(digest, size=size, window=window, frame_policy=frame_policy)
+            frame_policy: str, limits: DicomLimits) -> tuple[Path, np.ndarray | str | None]:
+    key = entry_key(digest, size=size, window=window, frame_policy=frame_policy, limits=limits)
     return entry_path(cache_dir, key), _read_entry(entry_path(cache_dir, key), size)
+
+
+def _serve(cached: np.ndarray | str, entry: Path, used: set[Path] | None) -> np.ndarray:
+    """A hit: the cached image, or its cached reason raised."""
+    if used is not None:
+        used.add(entry)
+    if isinstance(cached, str):
+        raise UnusableImage(cached)
+    return cached
+
+
+def _decide(entry: Path, decode: Callable[[], np.ndarray], used: set[Path] | None,
+            written: set[Path] | None, keep: Callable[[], bool] = lambda: True) -> np.ndarray:
+    """A miss: decode, and cache the image or the (non-transient) reason when `keep()` says the
+    input is still what was hashed."""
+    try:
+        image = decode()
+    except UnusableImage as bad:
+        if bad.reason not in TRANSIENT_REASONS and keep():
+            _write_entry(entry, REASON_TAG + bad.reason.encode("utf-8"), used, written)
+        raise
+    if keep():
+        _write_entry(entry, image_payload(image), used, written)
+    return image
+
+
+def _unchanged(fh: BinaryIO, st: os.stat_result) -> bool:
+    try:
+        return stat_signature(os.fstat(fh.fileno())) == stat_signature(st)
+    except OSError:
+        return False
 
 
 def load_image_cached(path: Path, *, cache_dir: Path, size: int,
                       window: tuple[float, float] | None, frame_policy: str = "middle",
-                      used: set[Path] | None = None, written: set[Path] | None = None) -> np.ndarray:
+                      used: set[Path] | None = None, written: set[Path] | None = None,
+                      limits: DicomLimits = DEFAULT_LIMITS) -> np.ndarray:
     """`read_image(path, ...)`, served from `cache_dir` when this content was seen before.
 
-    `used` (if given) gets the path of the entry read or written (none for a transient reason);
-    `written` (if given) only the path of an entry written (a miss).
+    A file over limits.max_file_mb is "image too large" from its stat alone (never opened,
+    nothing cached: the check costs one stat). Otherwise its digest comes from the hash memo
+    (not read at all on a hit) or from hashing it in CHUNK-sized reads, and on a miss it is
+    decoded from the same open file; the verdict (image or reason) is cached unless the file's
+    stat signature changed meanwhile.
+    `used` (if given) gets the path of the entry read or written (none for a transient reason
+    or a file over the size cap); `written` (if given) only the path of an entry written (a miss).
     Raises UnusableImage (cached too) exactly as read_image does.
     """
     check_arguments(size, window, frame_policy)
     memo_dir = cache_dir / MEMO_DIR
-    data = hit = None
     if path.is_dir():
-        digest = folder_digest(path, memo_dir)
-    elif (hit := _memo_hit(path, memo_dir)) is not None:
-        digest = hit[1]  # unchanged since it was hashed: not read at all on a cache hit
-    else:
-        data, digest = read_hashed(path, memo_dir)
-    entry, cached = _lookup(cache_dir, digest, size, window, frame_policy)
-    if cached is None and hit is not None:
-        # memo hit, entry miss: the bytes are needed to decode; key the entry by what was read
-        data, st = _read_with_stat(path)
-        fresh = hashlib.sha256(data).hexdigest()
-        if (stat_signature(st), fresh) != hit:
-            _remember(memo_dir, path, st, fresh)
-        if fresh != digest:
-            entry, cached = _lookup(cache_dir, fresh, size, window, frame_policy)
-    if cached is not None and used is not None:
-        used.add(entry)
-    if isinstance(cached, str):
-        raise UnusableImage(cached)
-    if cached is not None:
-        return cached
-    try:
-        image = (read_image(path, size=size, window=window, frame_policy=frame_policy) if data is None
-                 else image_from_bytes(data, size=size, window=window, frame_policy=frame_policy))
-    except UnusableImage as bad:
-        if bad.reason not in TRANSIENT_REASONS:
-            _write_entry(entry, REASON_TAG + bad.reason.encode("utf-8"), used, written)
-        raise
-    _write_entry(entry, image_payload(image), used, written)
-    return image
+        digest = folder_digest(path, memo_dir, limits)
+        entry, cached = _lookup(cache_dir, digest, size, window, frame_policy, limits)
+        if cached is not None:
+            return _serve(cached, entry, used)
+        return _decide(entry, lambda: read_image(path, size=size, window=window,
+                                                 frame_policy=frame_policy, limits=limits), used, written)
+    with contextlib.suppress(OSError, ValueError):
+        if os.stat(path).st_size > limits.max_file_bytes:
+            raise UnusableImage(TOO_LARGE)
+    if (hit := _memo_hit(path, memo_dir)) is not None:  # unchanged since hashed: not even opened
+        entry, cached = _lookup(cache_dir, hit[1], size, window, frame_policy, limits)
+        if cached is not None:
+            return _serve(cached, entry, used)
+    with open_image_file(path, limits) as (fh, st):
+        digest = hash_open(fh)
+        if hit is None or (stat_signature(st), digest) != hit:
+            _remember(memo_dir, path, st, digest)
+        entry, cached = _lookup(cache_dir, digest, size, window, frame_policy, limits)
+        if cached is not None:
+            return _serve(cached, entry, used)
+        return _decide(entry, lambda: image_from_file(fh, st.st_size, size=size, window=window,
+                                                      frame_policy=frame_policy, limits=limits),
+                       used, written, keep=lambda: _unchanged(fh, st))

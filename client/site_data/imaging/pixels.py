@@ -1,4 +1,9 @@
-"""Pixels of one checked DICOM dataset -> one greyscale float64 image in [0, 1] (not resized).
+"""Pixels of one checked DICOM file -> one greyscale float32 image in [0, 1] (not resized).
+
+Frames are decoded one at a time (client.site_data.imaging.source.PixelSource.frame) and turned
+into float32 at once; pydicom's pointwise transforms (modality LUT, VOI LUT, windowing, colour
+conversion, palette) run over blocks of BLOCK_SAMPLES samples, so their float64 temporaries stay
+small whatever the frame size. "mean" keeps one float32 sum, never all frames.
 
 Frames of a multi-frame object, chosen by `frame_policy`:
     "middle" (default)  frame n // 2 (the upper middle one when n is even)
@@ -13,23 +18,19 @@ Monochrome: modality LUT (Rescale Slope/Intercept or Modality LUT Sequence, from
 Colour: RGB, YBR_FULL and YBR_FULL_422 (converted to RGB), YBR_ICT and YBR_RCT (the JPEG 2000
     codec returns RGB) -> ITU-R BT.601 luminance / (2**BitsStored - 1). No window is applied.
 PALETTE COLOR: the palette is applied, then luminance / the palette's nominal maximum.
-Decoding uses pydicom's decoders with whichever permissive plugins are installed.
+Decoding uses pydicom's decoders with whichever permissive plugins are installed; a frame no
+plugin decodes is "pixel data cannot be decoded" (its traceback goes to the DEBUG log), or "no
+permissive decoder for ..." where only a GPL plugin could (PERMISSIVE_GAPS).
 """
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 
 import numpy as np
 from pydicom.dataset import Dataset
-from pydicom.pixels import (
-    apply_color_lut,
-    apply_modality_lut,
-    apply_voi,
-    apply_windowing,
-    convert_color_space,
-    get_decoder,
-)
+from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi, apply_windowing, convert_color_space
 from pydicom.uid import UID, JPEGExtended12Bit
 
 from client.site_data.imaging.reasons import (
@@ -40,6 +41,7 @@ from client.site_data.imaging.reasons import (
     no_decoder,
     unsupported_photometric,
 )
+from client.site_data.imaging.source import PixelSource
 
 MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
 RGB_LIKE = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT")
@@ -50,12 +52,13 @@ FUNCTIONAL_MACROS = ("PixelValueTransformationSequence", "FrameVOILUTSequence")
 # Transfer syntaxes (with the smallest Bits Stored) that the permissive plugins cannot decode:
 # 12-bit JPEG Extended needs the GPL pylibjpeg-libjpeg, which must not be installed.
 PERMISSIVE_GAPS = ((JPEGExtended12Bit, 9),)
+BLOCK_SAMPLES = 1 << 20  # samples per block of pointwise float64 work (8 MiB temporaries)
 LUT_ERRORS = (ValueError, TypeError, AttributeError, KeyError, IndexError, NotImplementedError,
               struct.error)
 
 
 def frame_indices(frames: int, policy: str) -> list[int]:
-    """Indices of the frames that `policy` uses."""
+    """Indices of the frames that `policy` uses (in increasing order)."""
     if policy == "middle":
         return [frames // 2]
     if policy == "first":
@@ -65,28 +68,38 @@ def frame_indices(frames: int, policy: str) -> list[int]:
     raise ValueError(f"frame_policy must be middle, first or mean (got {policy!r})")
 
 
-def _decode_failure(ds: Dataset, transfer_syntax: UID) -> str:
-    bits = int(ds.get("BitsStored", 0) or 0)
+def decode_failure(transfer_syntax: UID, bits_stored: int) -> str:
+    """The reason for a frame no installed plugin decoded."""
     for syntax, min_bits in PERMISSIVE_GAPS:
-        if transfer_syntax == syntax and bits >= min_bits:
+        if transfer_syntax == syntax and bits_stored >= min_bits:
             return no_decoder(transfer_syntax)
     return UNDECODABLE
 
 
-def decode_frame(ds: Dataset, index: int) -> tuple[np.ndarray, str]:
+def decode_frame(src: PixelSource, index: int, frames: int) -> tuple[np.ndarray, str]:
     """Frame `index` as decoded by pydicom, and the photometric interpretation it comes in."""
-    transfer_syntax = UID(ds.file_meta.TransferSyntaxUID)
     try:
-        decoder = get_decoder(transfer_syntax)
-    except NotImplementedError:
-        raise UnusableImage(no_decoder(transfer_syntax)) from None
-    if not decoder.is_available:
-        raise UnusableImage(no_decoder(transfer_syntax))
-    try:
-        arr, meta = decoder.as_array(ds, index=index, as_rgb=True)
-    except Exception as exc:  # noqa: BLE001 - plugins raise anything; one file must not crash a site
-        raise UnusableImage(_decode_failure(ds, transfer_syntax)) from exc
-    return arr, str(meta.get("photometric_interpretation", ds.PhotometricInterpretation))
+        return src.frame(index, frames)
+    except UnusableImage as bad:
+        if bad.reason != UNDECODABLE:
+            raise
+        bits = int(src.ds.get("BitsStored", 0) or 0)
+        raise UnusableImage(decode_failure(src.transfer_syntax, bits)) from None
+
+
+def blockwise(fn: Callable[[np.ndarray], np.ndarray], arr: np.ndarray) -> np.ndarray:
+    """float32 `fn(arr)` for a pointwise `fn`, applied BLOCK_SAMPLES at a time (whole rows), so
+    that fn's float64 temporaries stay small however large the frame."""
+    per_row = max(1, int(np.prod(arr.shape[1:], dtype=np.int64)))
+    step = max(1, BLOCK_SAMPLES // per_row)
+    out: np.ndarray | None = None
+    for row in range(0, max(arr.shape[0], 1), step):
+        part = np.asarray(fn(arr[row:row + step]), dtype=np.float32)
+        if out is None:
+            out = np.empty((arr.shape[0], *part.shape[1:]), dtype=np.float32)
+        out[row:row + step] = part
+    assert out is not None
+    return out
 
 
 def frame_transforms(ds: Dataset, index: int, keywords: tuple[str, ...]) -> Dataset:
@@ -107,15 +120,21 @@ def frame_transforms(ds: Dataset, index: int, keywords: tuple[str, ...]) -> Data
 
 
 def min_max(pixels: np.ndarray) -> np.ndarray:
-    """Linear map of the finite range to [0, 1]; a constant image becomes 0."""
+    """Linear map of the finite range to [0, 1] (in place on a float32 array); constant -> 0."""
+    pixels = np.asarray(pixels, dtype=np.float32)
     finite = np.isfinite(pixels)
     if not finite.any():
-        return np.zeros(pixels.shape)
+        return np.zeros(pixels.shape, dtype=np.float32)
     values = pixels if finite.all() else pixels[finite]
+    del finite
     low, high = float(values.min()), float(values.max())
+    del values
     if high <= low:
-        return np.zeros(pixels.shape)
-    return np.nan_to_num((pixels - low) / (high - low), nan=0.0, posinf=1.0, neginf=0.0)
+        return np.zeros(pixels.shape, dtype=np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        np.subtract(pixels, np.float32(low), out=pixels)
+        np.divide(pixels, np.float32(high - low), out=pixels)
+    return np.nan_to_num(pixels, copy=False, nan=0.0, posinf=1.0, neginf=0.0)
 
 
 def _file_voi(pixels: np.ndarray, voi: Dataset) -> np.ndarray | None:
@@ -123,43 +142,53 @@ def _file_voi(pixels: np.ndarray, voi: Dataset) -> np.ndarray | None:
     try:
         lut = voi.get("VOILUTSequence")
         if lut and "LUTDescriptor" in lut[0] and "LUTData" in lut[0]:
-            depth = int(lut[0].LUTDescriptor[2])
-            return apply_voi(np.rint(pixels).astype(np.int64), voi) / (2.0**depth - 1.0)
+            scale = 2.0 ** int(lut[0].LUTDescriptor[2]) - 1.0
+            return blockwise(lambda block: apply_voi(np.rint(block).astype(np.int64), voi) / scale, pixels)
         if "WindowCenter" in voi and "WindowWidth" in voi:
             voi.PhotometricInterpretation = "MONOCHROME2"  # inversion happens later
             voi.BitsStored, voi.PixelRepresentation = 16, 0  # output range [0, 65535]
-            return apply_windowing(pixels, voi) / 65535.0
+            return blockwise(lambda block: apply_windowing(block, voi) / 65535.0, pixels)
     except LUT_ERRORS:
         return None
     return None
 
 
 def _voi(pixels: np.ndarray, voi: Dataset, window: tuple[float, float] | None) -> np.ndarray:
+    """VOI of float32 modality values (overwritten when a window is configured)."""
     if window is not None:
         center, width = window
-        return np.nan_to_num((pixels - (center - width / 2.0)) / width, nan=0.0)
+        with np.errstate(over="ignore", invalid="ignore"):
+            np.subtract(pixels, np.float32(center - width / 2.0), out=pixels)
+            np.divide(pixels, np.float32(width), out=pixels)
+        return np.nan_to_num(pixels, copy=False, nan=0.0)
     mapped = _file_voi(pixels, voi)
     return min_max(pixels) if mapped is None or not np.isfinite(mapped).all() else mapped
 
 
-def _modality(ds: Dataset, index: int) -> np.ndarray:
-    """Frame `index` in modality units (e.g. HU)."""
-    arr, _ = decode_frame(ds, index)
+def _modality(src: PixelSource, index: int, frames: int) -> np.ndarray:
+    """Frame `index` in modality units (e.g. HU), float32."""
+    arr, _ = decode_frame(src, index, frames)
+    transforms = frame_transforms(src.ds, index, MODALITY_KEYWORDS)
     try:
-        values = apply_modality_lut(arr, frame_transforms(ds, index, MODALITY_KEYWORDS))
+        return blockwise(lambda block: apply_modality_lut(block, transforms), arr)
     except LUT_ERRORS:
         raise UnusableImage(INVALID_ATTRIBUTES) from None
-    return np.asarray(values, dtype=np.float64)
 
 
-def _monochrome(ds: Dataset, indices: list[int], window: tuple[float, float] | None,
+def _monochrome(src: PixelSource, indices: list[int], frames: int, window: tuple[float, float] | None,
                 inverted: bool) -> np.ndarray:
-    total = _modality(ds, indices[0])
+    total = _modality(src, indices[0], frames)
     for index in indices[1:]:
-        total = total + _modality(ds, index)
-    voi = frame_transforms(ds, indices[0], VOI_KEYWORDS)
-    out = np.clip(_voi(total / len(indices) if len(indices) > 1 else total, voi, window), 0.0, 1.0)
-    return 1.0 - out if inverted else out
+        frame = _modality(src, index, frames)
+        if frame.shape != total.shape:
+            raise UnusableImage(INVALID_ATTRIBUTES)
+        total += frame
+        del frame
+    if len(indices) > 1:
+        total /= np.float32(len(indices))
+    out = _voi(total, frame_transforms(src.ds, indices[0], VOI_KEYWORDS), window)
+    np.clip(out, 0.0, 1.0, out=out)
+    return np.subtract(np.float32(1.0), out, out=out) if inverted else out
 
 
 def luminance(rgb: np.ndarray) -> np.ndarray:
@@ -167,40 +196,66 @@ def luminance(rgb: np.ndarray) -> np.ndarray:
     return np.asarray(rgb[..., :3], dtype=np.float64) @ np.asarray(BT601)
 
 
-def _colour(ds: Dataset, indices: list[int]) -> np.ndarray:
-    nominal = 2.0 ** int(ds.get("BitsStored") or ds.BitsAllocated) - 1.0
-    total = np.zeros(())
+def _accumulate(total: np.ndarray | None, frame: np.ndarray) -> np.ndarray:
+    if total is None:
+        return frame
+    if frame.shape != total.shape:
+        raise UnusableImage(INVALID_ATTRIBUTES)
+    total += frame
+    return total
+
+
+def _colour(src: PixelSource, indices: list[int], frames: int) -> np.ndarray:
+    nominal = 2.0 ** int(src.ds.get("BitsStored") or src.ds.BitsAllocated) - 1.0
+    total: np.ndarray | None = None
     for index in indices:
-        arr, photometric = decode_frame(ds, index)
+        arr, photometric = decode_frame(src, index, frames)
+        if arr.ndim != 3:
+            raise UnusableImage(INVALID_ATTRIBUTES)
         if photometric in ("YBR_FULL", "YBR_FULL_422"):
-            arr = convert_color_space(arr, photometric, "RGB")
-        total = total + luminance(arr) / nominal
-    return np.clip(total / len(indices), 0, 1)
+            def to_luma(block: np.ndarray, photometric: str = photometric) -> np.ndarray:
+                return luminance(convert_color_space(block, photometric, "RGB")) / nominal
+        else:
+            def to_luma(block: np.ndarray) -> np.ndarray:
+                return luminance(block) / nominal
+        total = _accumulate(total, blockwise(to_luma, arr))
+        del arr
+    assert total is not None
+    if len(indices) > 1:
+        total /= np.float32(len(indices))
+    return np.clip(total, 0.0, 1.0, out=total)
 
 
-def _palette(ds: Dataset, indices: list[int]) -> np.ndarray:
-    total = np.zeros(())
+def _palette(src: PixelSource, indices: list[int], frames: int) -> np.ndarray:
+    def to_luma(block: np.ndarray) -> np.ndarray:
+        rgb = apply_color_lut(block, src.ds)
+        return luminance(rgb) / float(np.iinfo(rgb.dtype).max)
+
+    total: np.ndarray | None = None
     for index in indices:
-        arr, _ = decode_frame(ds, index)
+        arr, _ = decode_frame(src, index, frames)
         try:
-            rgb = apply_color_lut(arr, ds)
+            total = _accumulate(total, blockwise(to_luma, arr))
         except LUT_ERRORS:
             raise UnusableImage(PALETTE_COLOUR) from None
-        total = total + luminance(rgb) / float(np.iinfo(rgb.dtype).max)
-    return np.clip(total / len(indices), 0, 1)
+        del arr
+    assert total is not None
+    if len(indices) > 1:
+        total /= np.float32(len(indices))
+    return np.clip(total, 0.0, 1.0, out=total)
 
 
-def greyscale(ds: Dataset, *, frames: int, window: tuple[float, float] | None,
+def greyscale(src: PixelSource, *, frames: int, window: tuple[float, float] | None,
               frame_policy: str) -> np.ndarray:
-    """The image (one frame, or the mean of all) as a 2-D float64 array in [0, 1]."""
+    """The image (one frame, or the mean of all) as a 2-D float32 array in [0, 1]."""
     indices = frame_indices(frames, frame_policy)
-    photometric = str(ds.PhotometricInterpretation).strip().upper()
+    photometric = str(src.ds.PhotometricInterpretation).strip().upper()
     if photometric in MONOCHROME:
-        image = _monochrome(ds, indices, window, inverted=photometric == "MONOCHROME1")
+        image = _monochrome(src, indices, frames, window, inverted=photometric == "MONOCHROME1")
     elif photometric in RGB_LIKE:
-        image = _colour(ds, indices)
+        image = _colour(src, indices, frames)
     elif photometric == "PALETTE COLOR":
-        image = _palette(ds, indices)
+        image = _palette(src, indices, frames)
     else:
         raise UnusableImage(unsupported_photometric(photometric))
     if image.ndim != 2:

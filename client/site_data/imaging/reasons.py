@@ -24,10 +24,12 @@ NO_TRANSFER_SYNTAX = "missing transfer syntax"
 PALETTE_COLOUR = "palette colour image"
 UNDECODABLE = "pixel data cannot be decoded"
 NO_IMAGE_IN_FOLDER = "no image instances in folder"
+TOO_LARGE = "image too large"  # over a cap of client.site_data.imaging.limits, before decoding
 
 FIXED_REASONS = frozenset({
     FILE_NOT_FOUND, FILE_NOT_READABLE, NOT_DICOM, CORRUPT, NO_PIXEL_DATA, EMPTY_IMAGE,
     INVALID_ATTRIBUTES, NO_TRANSFER_SYNTAX, PALETTE_COLOUR, UNDECODABLE, NO_IMAGE_IN_FOLDER,
+    TOO_LARGE,
 })
 
 NON_IMAGE = "non-image object: "
