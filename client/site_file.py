@@ -24,6 +24,23 @@ RELEASES = ("dp", "exact")
 MAX_LIFETIME_EPSILON = 100.0
 
 
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load that refuses a key given twice in one mapping: YAML loaders keep the last
+    one silently, so a second `privacy:` or `limits:` block would drop the first one's settings."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise ConfigError(f"{key}: given twice (lines {seen[key]} and {key_node.start_mark.line + 1}); "
+                                  "keep one and merge their settings")
+            if isinstance(key, (str, int, float, bool)):
+                seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_site_file(path: Path | None, catalogue: DataConfig, *, required: bool = False) -> SiteFileConfig:
     """Parse site.yaml; `catalogue` is the released data configuration the site's `data:` refines.
 
@@ -36,7 +53,7 @@ def read_site_file(path: Path | None, catalogue: DataConfig, *, required: bool =
             raise SiteDataError(f"{path}: the site configuration named in the node config does not exist")
         return SiteFileConfig(data=catalogue)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader) or {}
         if not isinstance(raw, Mapping):
             raise ConfigError("<root>: expected a mapping")
         raw = dict(raw)

@@ -20,7 +20,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pydicom
+import yaml
 from pydicom.uid import generate_uid
+
+from bad_inputs_dicom import ALL as DICOM_FILES
+from bad_inputs_dicom import native_sparse
 
 Mutation = Callable[[Path], None]
 
@@ -237,6 +241,14 @@ def _local_code_to_unknown_feature(site: Path) -> None:
     (site / "site.yaml").write_text('lab_codes:\n  - {code: LOCAL-1, feature: "9999-9"}\n')
 
 
+def _site_yaml(text: str) -> Mutation:
+    """Append `text` (top-level keys) to the site's site.yaml."""
+    def mutate(site: Path) -> None:
+        with (site / "site.yaml").open("a", encoding="utf-8") as fh:
+            fh.write("\n" + text)
+    return mutate
+
+
 _GENERAL: tuple[BadInput, ...] = (
     # labels
     BadInput("labels file missing", _unlink("labels.csv"), fatal="labels.csv: labels file is missing"),
@@ -275,6 +287,8 @@ _GENERAL: tuple[BadInput, ...] = (
              counted=("table_problems", "labs.csv: missing column(s) ['unit']; expected "
                                         "['patient_id', 'code', 'value', 'unit', 'time'] (table ignored)"),
              combinable=False),
+    BadInput("site.yaml with a key given twice", _site_yaml("limits: {max_rounds: 5}\nlimits: {max_rounds: 6}\n"),
+             fatal="site.yaml: limits: given twice"),
     BadInput("site.yaml with a NaN budget", _write("site.yaml", "privacy:\n  lifetime_epsilon: .nan\n"),
              fatal="site.yaml: privacy.lifetime_epsilon must be in (0, 100]"),
     BadInput("site.yaml maps to an unconfigured feature", _local_code_to_unknown_feature,
@@ -438,14 +452,6 @@ def _lab_for(k: int, **changes: str) -> Mutation:
     return mutate
 
 
-def _site_yaml(text: str) -> Mutation:
-    """Append `text` (top-level keys) to the site's site.yaml."""
-    def mutate(site: Path) -> None:
-        with (site / "site.yaml").open("a", encoding="utf-8") as fh:
-            fh.write("\n" + text)
-    return mutate
-
-
 def _site_unit_and_row(site: Path) -> None:
     _site_yaml('lab_units:\n  - {feature: "2345-7", unit: "mg%", factor: 1.0}\n')(site)
     _lab_for(9, code="2345-7", value="100", unit="mg%")(site)
@@ -484,4 +490,33 @@ _LABS: tuple[BadInput, ...] = (
 )
 
 
-CORPUS: tuple[BadInput, ...] = (*_GENERAL, *_TABLES, *_LABS)
+# DICOM in bounded memory: one file of each kind in tests/bad_inputs_dicom.py (which holds them all,
+# with the memory test) put in place of a patient's image; quarantined, never decoded.
+
+def _image_file(make: Mutation, k: int = 13) -> Mutation:
+    def mutate(site: Path) -> None:
+        make(image_of(site, k))
+    return mutate
+
+
+def _over_the_sites_pixel_cap(site: Path) -> None:
+    """A 2 MiB native image, which the default caps admit, at a site whose limits admit 1 MiB."""
+    native_sparse(1024, 1024, bits=16)(image_of(site, 13))
+    path = site / "site.yaml"
+    raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    raw.setdefault("limits", {})["max_dicom_pixel_data_mb"] = 1
+    path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+
+
+_DICOM_KINDS = ("rle_rgb_65535", "rle_really_encoded_65535", "jpeg_coded_65535", "j2k_declared_65535",
+                "native_frames_1e5", "bits_allocated_65535", "deflate_30000", "deflate_header_64mib",
+                "sparse_2gib", "header_1e6_items", "fragment_100mib", "sr_no_preamble_meta", "sr_bare_implicit")
+_DICOM: tuple[BadInput, ...] = (
+    *(BadInput(f"DICOM {d.name}", _image_file(d.make), counted=("quarantined_images", d.reason), combinable=False)
+      for d in DICOM_FILES if d.name in _DICOM_KINDS),
+    BadInput("DICOM over the site's own pixel data cap", _over_the_sites_pixel_cap,
+             counted=("quarantined_images", "image too large"), combinable=False),
+)
+
+
+CORPUS: tuple[BadInput, ...] = (*_GENERAL, *_TABLES, *_LABS, *_DICOM)

@@ -17,6 +17,7 @@ import pandas as pd
 from client.site_data.imaging.quota import prune_cache
 from client.site_data.imaging.dicom import UnusableImage
 from client.site_data.imaging.cache import load_image_cached
+from client.site_data.imaging.limits import DicomLimits
 from client.site_data.labels import read_labels
 from client.site_data.labs import LAB_COLUMNS, lab_matrix
 from client.site_data.manifest import image_paths
@@ -78,6 +79,8 @@ def _images(site: Path, ids: list[str], cfg: DataConfig, cache_dir: Path, report
     out = np.zeros((len(ids), cfg.image_size, cfg.image_size), dtype=np.float32)
     present = np.zeros(len(ids), dtype=bool)
     paths, report.manifest_problems, table = image_paths(site, set(ids), limits=limits)
+    caps = DicomLimits(max_file_mb=limits.max_dicom_file_mb, max_frame_mb=limits.max_dicom_frame_mb,
+                       max_pixel_data_mb=limits.max_dicom_pixel_data_mb)
     report.tables["manifest"] = table.name if table else None
     window = None if cfg.window_center is None else (cfg.window_center, cfg.window_width or 1.0)
     used: set[Path] = set()
@@ -87,7 +90,8 @@ def _images(site: Path, ids: list[str], cfg: DataConfig, cache_dir: Path, report
             continue
         try:
             out[i] = load_image_cached(paths[pid], cache_dir=cache_dir, size=cfg.image_size,
-                                       window=window, frame_policy=cfg.frame_policy, used=used, written=written)
+                                       window=window, frame_policy=cfg.frame_policy, used=used, written=written,
+                                       limits=caps)
             present[i] = True
         except UnusableImage as bad:
             report.quarantined_images.add_file(bad.reason, _relative(paths[pid], site))
