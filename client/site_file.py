@@ -26,8 +26,18 @@ MAX_LIFETIME_EPSILON = 100.0
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """yaml.safe_load that refuses a key given twice in one mapping: YAML loaders keep the last
-    one silently, so a second `privacy:` or `limits:` block would drop the first one's settings."""
+    """yaml.safe_load that refuses a key given twice in one mapping (YAML loaders keep the last
+    one silently, so a second `privacy:` or `limits:` block would drop the first one's settings)
+    and refuses aliases."""
+
+    def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node | None:
+        """Refuses YAML aliases (`*name`): a site.yaml never needs them, and nested aliases let a
+        few hundred bytes stand for billions of values ("billion laughs")."""
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise ConfigError(f"line {event.start_mark.line + 1}: YAML aliases (*{event.anchor}) are not "
+                              "accepted in site.yaml; write the value out")
+        return super().compose_node(parent, index)  # type: ignore[no-any-return]
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: dict[Any, int] = {}
@@ -90,7 +100,10 @@ def _factor_ok(value: float | None) -> bool:
 
 
 def _lab_code_problems(cfg: SiteFileConfig, labs: tuple[LabFeature, ...]) -> list[str]:
-    features, problems = {f.code for f in labs}, []
+    """Each lab_codes entry maps a site-local code onto a configured feature, with finite factors
+    > 0; a unit the catalogue already has for that feature keeps its released factor."""
+    by_code, problems = {f.code: f for f in labs}, []
+    features = set(by_code)
     for i, local in enumerate(cfg.lab_codes):
         if local.feature not in features:
             problems.append(f"lab_codes[{i}].feature {local.feature!r} is not a configured lab feature "
@@ -103,6 +116,13 @@ def _lab_code_problems(cfg: SiteFileConfig, labs: tuple[LabFeature, ...]) -> lis
             if not _factor_ok(factor):
                 problems.append(f"lab_codes[{i}].conversions.{unit}: the factor must be a finite number > 0 "
                                 f"(got {factor})")
+                continue
+            feature = by_code.get(local.feature)
+            released = configured_unit(unit, feature.conversions) if feature is not None else None
+            if released is not None and not math.isclose(feature.conversions[released], factor, rel_tol=1e-9):
+                problems.append(f"lab_codes[{i}].conversions.{unit}: {unit!r} is the catalogue's {released!r} for "
+                                f"{feature.code} (factor {feature.conversions[released]:g}); a site does not "
+                                "change a released factor")
     return problems
 
 

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
+import reprlib
 import types
 import typing
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+# A bad value is shown in the error, bounded: YAML aliases let a 600-byte file hold 10^9 shared
+# leaves, which a plain repr() would walk.
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxother = 2, 60, 60
+_SHORT.maxlist = _SHORT.maxtuple = _SHORT.maxdict = _SHORT.maxset = 4
 
 
 class ConfigError(ValueError):
@@ -86,4 +93,4 @@ def _scalar(tp: Any, value: Any, where: str) -> Any:
             return value
     else:
         raise ConfigError(f"{where}: unsupported schema type {tp!r}")
-    raise ConfigError(f"{where}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
+    raise ConfigError(f"{where}: expected {tp.__name__}, got {type(value).__name__} {_SHORT.repr(value)[:100]}")

@@ -485,6 +485,12 @@ _LABS: tuple[BadInput, ...] = (
              fatal="site.yaml: lab_units[0].same_as 'mmol/L' is not a unit of 2160-0 in the catalogue"),
     BadInput("site.yaml lab_codes zero factor", _site_yaml('lab_codes:\n  - {code: GLU-BG, feature: "2345-7", conversions: {mmol/L: 0}}\n'),
              fatal="site.yaml: lab_codes[0].conversions.mmol/L: the factor must be a finite number > 0"),
+    BadInput("site.yaml lab_codes changes a released factor",
+             _site_yaml('lab_codes:\n  - {code: CREA-L, feature: "2160-0", conversions: {mg/dl: 88.4}}\n'),
+             fatal="site.yaml: lab_codes[0].conversions.mg/dl: 'mg/dl' is the catalogue's 'mg/dL' for 2160-0"),
+    BadInput("site.yaml with YAML aliases (billion laughs)",
+             _site_yaml("limits_note: &a [x, x]\nother: [*a, *a]\n"),
+             fatal="YAML aliases (*a) are not accepted in site.yaml"),
     BadInput("site.yaml lab_features not released", _site_yaml("lab_features: ../../elsewhere/labs\n"),
              fatal="site.yaml: lab_features: '../../elsewhere/labs' is not a released lab feature file"),
 )

@@ -59,3 +59,16 @@ def test_the_coordinator_cannot_interpolate_or_choose_the_validation_split() -> 
     for override in ("data.val_fraction=0.000001", "data.split_seed=1157529"):
         with pytest.raises(ConfigError, match="unknown key"):  # the split is the site's (site.yaml)
             load_experiment([f"+{override}"])
+
+
+def test_a_bad_value_is_shown_bounded_whatever_its_size() -> None:
+    """A value of 10^9 shared leaves (YAML aliases build one from a few hundred bytes) is named in
+    the error, cut short, without walking it."""
+    from configs.parse import parse_dataclass
+    from configs.schema import PrivacyPolicy
+    leaf: list = ["x"] * 10
+    for _ in range(9):
+        leaf = [leaf] * 10
+    with pytest.raises(ConfigError, match="lifetime_epsilon: expected float, got list") as err:
+        parse_dataclass(PrivacyPolicy, {"lifetime_epsilon": leaf})
+    assert len(str(err.value)) < 200

@@ -15,7 +15,7 @@ import pytest
 from client.recipe import site_experiment
 from client.site import site_settings
 from client.site_data.errors import SiteDataError
-from client.site_data.labs import UNCONFIGURED_CODE, clipped_reason, lab_matrix
+from client.site_data.labs import SUPERSEDED, UNCONFIGURED_CODE, clipped_reason, lab_matrix
 from client.site_data.loader import load_site
 from client.site_data.readiness.check import check_site
 from client.site_data.readiness.lab_advice import lab_warnings
@@ -198,3 +198,15 @@ def test_the_example_feature_file_changes_only_the_lab_features(experiment: Expe
             (by_name[f.name].unit, by_name[f.name].ref_mean, by_name[f.name].ref_sd, by_name[f.name].low,
              by_name[f.name].high, by_name[f.name].conversions)
     assert math.isclose(example.labs[1].conversions["umol/L"], 1 / 88.42, rel_tol=1e-3)
+
+
+def test_every_lab_row_of_a_clean_site_is_used_or_counted(small_sites: Path, tmp_path: Path,
+                                                          experiment: ExperimentConfig) -> None:
+    """The model takes one value per patient and feature; every older one is counted with its line."""
+    site = small_sites / "site-a"
+    _, report = load_site(site, experiment.data, cache_dir=tmp_path / "cache",
+                          site_file=read_site_file(site / "site.yaml", experiment.data))
+    rows = len((site / "labs.csv").read_text().splitlines()) - 1
+    assert rows == report.lab_rows_used + sum(report.lab_rows_dropped.values()) > 0
+    older = report.lab_rows_dropped[SUPERSEDED]
+    assert older > 0 and len(report.lab_rows_dropped.locations(SUPERSEDED, None)[0]) == older

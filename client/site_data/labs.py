@@ -22,6 +22,9 @@ from client.site_data.lab_units import configured_unit, shareable_unit_name
 from client.site_data.readiness.shapes import shareable_code
 from configs.schema import LabFeature, LabUnit, LocalLabCode
 
+# A usable row of a patient's feature that a later one replaces: the model takes one value per
+# feature, the most recent before the index time. Counted, so rows in = rows used + rows counted.
+SUPERSEDED = "older value of the feature (the most recent one is used)"
 LAB_COLUMNS = ("patient_id", "code", "value", "unit", "time")
 # Standardised values are clipped to ±CLIP_SD for the network's numerical safety (a bound on its
 # input, not a clinical one); each clipped value is counted, since many of them mean the
@@ -166,6 +169,7 @@ def lab_matrix(labs: pd.DataFrame, patient_ids: list[str], features: tuple[LabFe
                     for code, target in feature_of.items() if target == feature.code}
         usable = _canonical(rows[rows["feature"] == feature.code], feature, units_of, counts, catalogue, source)
         latest = usable.sort_values("time", kind="stable").groupby("patient_id", sort=False).tail(1)
+        counts.dropped.add_rows(SUPERSEDED, source, usable[_ROW][~usable.index.isin(latest.index)].to_numpy())
         counts.used += len(latest)
         counts.used_by_feature[feature.code] += len(latest)
         z = (latest["value"].to_numpy() - feature.ref_mean) / feature.ref_sd

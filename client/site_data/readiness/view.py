@@ -15,7 +15,7 @@ SECTIONS = (
     ("label_problems", "label rows not used"),
     ("manifest_problems", "manifest rows not used"),
     ("quarantined_images", "quarantined image files, by reason"),
-    ("lab_rows_dropped", "lab rows dropped, by reason"),
+    ("lab_rows_dropped", "lab rows not used, by reason"),
     ("lab_values_clipped", "lab values beyond ±5 reference SD, clipped at the model's input"),
     ("unit_conversions", "unit conversions applied (rows)"),
     ("unknown_lab_codes", "unknown lab codes (map them in site.yaml lab_codes, or choose a released "
