@@ -335,6 +335,34 @@ def big_sr(path: Path) -> None:
     path.write_bytes(small_sr_bytes()[132:] + content)
 
 
+PALETTE_COLOUR = "palette colour image"
+LUT_DESCRIPTOR_TAGS = {"Red": 0x00281101, "Green": 0x00281102, "Blue": 0x00281103}
+SEGMENTED_LUT_TAGS = {"Red": 0x00281221, "Green": 0x00281222, "Blue": 0x00281223}
+
+
+def segmented_palette(words: list[int], entries: int = 0, rows: int = 64) -> Dataset:
+    """A rows x rows PALETTE COLOR image (pixels 0) whose three Segmented Palette Color LUTs are
+    the 16-bit `words` (PS3.3 C.7.9.2), with a descriptor of `entries` (0: 65536) from 0."""
+    ds = header(rows, rows, ExplicitVRLittleEndian)
+    ds.PhotometricInterpretation = "PALETTE COLOR"
+    ds.PixelData = bytes(rows * rows)
+    data = struct.pack(f"<{len(words)}H", *words)
+    for colour in ("Red", "Green", "Blue"):
+        ds.add_new(LUT_DESCRIPTOR_TAGS[colour], "US", [entries, 0, 16])
+        ds.add_new(SEGMENTED_LUT_TAGS[colour], "OW", data)
+    return ds
+
+
+def segmented_palette_bomb(segments: int) -> Callable[[Path], None]:
+    """A 64 x 64 palette image whose segmented LUTs are one discrete entry then `segments` linear
+    segments of 65,535 entries each (3 words each): 20,000 of them make a 365 KB file that
+    pydicom's apply_color_lut expands to 1.3e9 Python ints per channel."""
+    def make(path: Path) -> None:
+        ds = segmented_palette([0, 1, 0] + [1, 65535, 0] * segments)
+        path.write_bytes(head_bytes(ds))  # pixel data included
+    return make
+
+
 BOMBS: tuple[DicomInput, ...] = (
     DicomInput("rle_mono_65535", rle_declared(1), TOO_LARGE),
     DicomInput("rle_rgb_65535", rle_declared(3), TOO_LARGE),
@@ -362,6 +390,7 @@ BOMBS: tuple[DicomInput, ...] = (
     DicomInput("header_1e6_items", header_bomb, TOO_LARGE),
     DicomInput("fragment_100mib", fragment_bomb, TOO_LARGE),
     DicomInput("fragments_300000", fragment_count_bomb, TOO_LARGE),
+    DicomInput("palette_segmented_20000", segmented_palette_bomb(20_000), PALETTE_COLOUR),
 )
 
 # Files that must still load (or get their own reason) within the same bounded memory.

@@ -22,9 +22,12 @@ from pydicom.pixels import get_encoder
 from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless
 
 import client.site_data.imaging.cache as cache_module
+import client.site_data.imaging.dicom as dicom_module
+import client.site_data.imaging.pixels as pixels_module
 from bad_inputs_dicom import (
     ALL,
     BOMBS,
+    PALETTE_COLOUR,
     TOO_LARGE,
     WELL_FORMED,
     header,
@@ -32,6 +35,8 @@ from bad_inputs_dicom import (
     jpeg_codestream,
     preambleless,
     rle_segments,
+    segmented_palette,
+    segmented_palette_bomb,
     small_ct,
     small_ct_bytes,
     sparse_2gib,
@@ -39,6 +44,11 @@ from bad_inputs_dicom import (
 )
 from client.site_data.imaging.cache import REASON_TAG, entry_key, entry_path, load_image_cached
 from client.site_data.imaging.dicom import DicomLimits, UnusableImage, open_image_file, read_image
+from client.site_data.imaging.limits import MAX_SERIES_ENTRIES, SERIES_ATTEMPTS
+from client.site_data.imaging.pixels import segmented_length
+from client.site_data.imaging.reasons import TOO_MANY_FILES, is_known_reason
+from client.site_data.loader import load_site
+from client.site_data.manifest import safe_path
 from client.site_data.imaging.source import j2k_samples, jpeg_samples
 from configs.load import load_experiment
 from synth.hospitals import write_hospitals
@@ -345,3 +355,150 @@ def test_image_bytes_still_work(tmp_path: Path) -> None:
     path.write_bytes(data)
     want = read_image(path, size=SIZE, window=None)
     assert np.array_equal(image_from_bytes(data, size=SIZE, window=None), want)
+
+
+# --- Segmented Palette Color LUTs: counted from their segment headers before any expansion ---
+
+def test_segmented_lut_entries_are_counted_from_segment_headers_alone() -> None:
+    words = np.array([0, 3, 5, 6, 7, 1, 10, 900, 0, 1, 4], dtype=np.uint16)  # discrete 3, linear 10, discrete 1
+    assert segmented_length(words, 14) == 14
+    assert segmented_length(np.append(words, 0), 14) == 14  # a trailing pad entry
+    for bad, limit in (
+            (words, 13),  # over the limit (the descriptor's number of entries)
+            (np.array([1, 5, 9], np.uint16), 100),  # a linear first segment has no start value
+            (np.array([0, 1, 5, 2, 1, 0, 0], np.uint16), 100),  # indirect: refused
+            (np.array([0, 1, 5, 7, 1], np.uint16), 100),  # unknown segment type
+            (np.array([0, 1, 5, 1, 0, 9], np.uint16), 100),  # an empty segment
+            (np.array([0, 9, 5, 6], np.uint16), 100),  # a discrete segment cut by the end
+            (np.array([0, 1, 5] + [1, 65535, 0] * 3, np.uint16), 65536)):  # 196,606 entries
+        with pytest.raises(UnusableImage, match=f"^{PALETTE_COLOUR}$"):
+            segmented_length(bad, limit)
+
+
+def test_a_segmented_palette_past_its_descriptor_is_quarantined_unexpanded(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two linear segments of 65,535 entries: 131,071 > 65,536; refused from the headers, before
+    the frame is decoded. (pydicom expanded such tables without bound: 20,000 segments passed
+    3 GB; that one is in the corpus, loaded under the watchdog.)"""
+    path = tmp_path / "palette.dcm"
+    segmented_palette_bomb(2)(path)
+    monkeypatch.setattr(pixels_module, "decode_frame", lambda *a: pytest.fail("decoded"))
+    monkeypatch.setattr(pixels_module.np, "linspace", lambda *a, **k: pytest.fail("expanded"))
+    with pytest.raises(UnusableImage, match=f"^{PALETTE_COLOUR}$"):
+        read_image(path, size=SIZE, window=None)
+    segmented_palette_bomb(20_000)(path)  # the red team's 365 KB file
+    with pytest.raises(UnusableImage, match=f"^{PALETTE_COLOUR}$"):
+        load_image_cached(path, cache_dir=tmp_path / "cache", size=SIZE, window=None)
+
+
+def test_a_segmented_palette_within_its_descriptor_is_applied_once_per_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pydicom.pixels import apply_color_lut
+    ramp = [0, 1, 0, 1, 255, 65535]  # 0, then 255 steps up to 65535: 256 entries
+    ds = segmented_palette(ramp, entries=256, rows=32)
+    ds.PixelData = (np.arange(32 * 32) % 256).astype(np.uint8).tobytes()
+    path = tmp_path / "palette.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    calls: list[int] = []
+    expand = pixels_module.expand_segmented
+    monkeypatch.setattr(pixels_module, "expand_segmented", lambda *a: calls.append(1) or expand(*a))
+    monkeypatch.setattr(pixels_module, "BLOCK_SAMPLES", 64)  # 16 blocks of 2 rows
+    image = read_image(path, size=32, window=None)
+    assert len(calls) == 3  # once per channel for the whole file, not per block
+    rgb = apply_color_lut(np.arange(32 * 32).reshape(32, 32) % 256, ds)  # pydicom, as reference
+    assert np.allclose(image, rgb[..., 0] / 65535.0, atol=1e-5)  # grey palette: R = G = B
+    assert np.allclose(image, (np.arange(32 * 32).reshape(32, 32) % 256) / 255.0, atol=1e-5)
+
+
+def test_palette_lut_data_must_match_its_descriptor(tmp_path: Path) -> None:
+    ds = segmented_palette([0, 1, 0], rows=8)
+    for colour, tag in (("Red", 0x00281221), ("Green", 0x00281222), ("Blue", 0x00281223)):
+        del ds[tag]
+        ds.add_new(0x00281200 + {"Red": 1, "Green": 2, "Blue": 3}[colour], "OW",
+                   np.arange(256, dtype="<u2").tobytes())
+    for entries, loads in ((256, True), (512, True), (300, False), (0, False)):  # 512: 8-bit entries
+        for tag in (0x00281101, 0x00281102, 0x00281103):
+            ds[tag].value = [entries, 0, 16]
+        path = tmp_path / f"plain_{entries}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        if loads:
+            assert read_image(path, size=8, window=None).shape == (8, 8)
+        else:
+            with pytest.raises(UnusableImage, match=f"^{PALETTE_COLOUR}$"):
+                read_image(path, size=8, window=None)
+
+
+# --- Series folders: a member cap before anything is resolved, hashed or parsed ---
+
+def test_a_series_folder_over_the_member_cap_is_quarantined_before_any_member_is_read(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert is_known_reason(TOO_MANY_FILES)
+    folder = tmp_path / "series"
+    folder.mkdir()
+    for i in range(MAX_SERIES_ENTRIES + 1):
+        (folder / f"{i:05d}.dcm").write_bytes(b"x")
+
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a member was read")
+
+    monkeypatch.setattr(cache_module, "_file_digest", never)  # nothing hashed
+    monkeypatch.setattr(dicom_module, "_series_key", never)  # no header parsed
+    monkeypatch.setattr(dicom_module, "read_file", never)  # nothing decoded
+    cache, used, written = tmp_path / "cache", set(), set()
+    for _ in range(2):  # the check is the listing alone: nothing to cache, same verdict each time
+        with pytest.raises(UnusableImage, match=f"^{TOO_MANY_FILES}$"):
+            load_image_cached(folder, cache_dir=cache, size=SIZE, window=None, used=used, written=written)
+    assert not used and not written and not cache.exists()
+    with pytest.raises(UnusableImage, match=f"^{TOO_MANY_FILES}$"):
+        read_image(folder, size=SIZE, window=None)
+    resolve = Path.resolve
+    monkeypatch.setattr(Path, "resolve", lambda self, strict=False: never() if self.parent == folder
+                        else resolve(self, strict=strict))
+    assert safe_path(tmp_path, "series") == (folder.resolve(), None)  # members not resolved
+    (folder / "00000.dcm").unlink()  # at the cap: read as a series (its members are junk)
+    monkeypatch.undo()
+    assert safe_path(tmp_path, "series") == (folder.resolve(), None)
+    with pytest.raises(UnusableImage, match="^no image instances in folder$"):
+        load_image_cached(folder, cache_dir=cache, size=SIZE, window=None)
+
+
+def test_a_site_with_an_oversized_series_folder_quarantines_it(tmp_path: Path) -> None:
+    write_hospitals(tmp_path, sites=1, patients=10, seed=1, image_size=32)
+    site = tmp_path / "site-a"
+    manifest = pd.read_csv(site / "manifest.csv", dtype=str)
+    folder = site / "images" / "bigseries"
+    folder.mkdir()
+    for i in range(MAX_SERIES_ENTRIES + 1):
+        (folder / f"{i:05d}.dcm").write_bytes(b"")
+    manifest.loc[0, "image_path"] = "images/bigseries"
+    manifest.to_csv(site / "manifest.csv", index=False)
+    _, report = load_site(site, load_experiment([]).data, cache_dir=tmp_path / "cache")
+    assert dict(report.quarantined_images) == {TOO_MANY_FILES: 1}
+
+
+def test_a_series_folder_tries_a_bounded_number_of_instances(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = tmp_path / "series"
+    folder.mkdir()
+    ds = small_ct()
+    ds.PixelData = ds.PixelData[: len(ds.PixelData) // 2]  # half the declared pixels: corrupt
+    for i in range(40):
+        ds.InstanceNumber = i
+        ds.save_as(folder / f"{i:03d}.dcm", enforce_file_format=True)
+    tried: list[str] = []
+    original = dicom_module.read_file
+
+    def spy(path: Path, **kwargs: Any) -> Any:
+        tried.append(path.name)
+        return original(path, **kwargs)
+
+    monkeypatch.setattr(dicom_module, "read_file", spy)
+    with pytest.raises(UnusableImage, match="^truncated or corrupt file$"):
+        read_image(folder, size=SIZE, window=None)
+    assert len(tried) == SERIES_ATTEMPTS and tried[0] == "020.dcm"
+    assert sorted(tried) == [f"{i:03d}.dcm" for i in range(16, 25)]
+    tried.clear()
+    good = small_ct()
+    good.InstanceNumber = 24
+    good.save_as(folder / "024.dcm", enforce_file_format=True)  # the 9th nearest decodes: used
+    assert read_image(folder, size=SIZE, window=None).shape == (SIZE, SIZE)

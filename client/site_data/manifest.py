@@ -6,6 +6,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from client.site_data.errors import SiteDataError
 from client.site_data.findings import Findings
+from client.site_data.imaging.limits import over_series_cap
 from client.site_data.tables import find_table, read_table
 from configs.schema import SiteLimits
 
@@ -14,7 +15,12 @@ MISSING = "file listed in the manifest is missing"
 
 
 def safe_path(site: Path, relative: str) -> tuple[Path | None, str | None]:
-    """Resolve a manifest path; refuse absolute paths, '..' and symlinks that leave the site."""
+    """Resolve a manifest path; refuse absolute paths, '..' and symlinks that leave the site.
+
+    A series folder's members are resolved only when there are at most
+    client.site_data.imaging.limits.MAX_SERIES_ENTRIES of them (counted from the listing with an
+    early stop): a larger folder is passed on unresolved, and the image loader quarantines it as
+    "series folder with too many files" before opening any member."""
     if not relative:
         return None, "empty image path"
     if PurePosixPath(relative).is_absolute() or PureWindowsPath(relative).is_absolute() or \
@@ -31,6 +37,12 @@ def safe_path(site: Path, relative: str) -> tuple[Path | None, str | None]:
     if not resolved.is_relative_to(root):
         return None, OUTSIDE
     if resolved.is_dir():  # a series folder: every member must stay inside the site too
+        try:
+            too_many = over_series_cap(resolved)
+        except OSError:
+            return resolved, None  # unreadable: quarantined as "file not readable" when loaded
+        if too_many:  # none of its members is ever opened: the image is quarantined unread
+            return resolved, None
         members = [m for m in resolved.iterdir() if not m.name.startswith(".")]
         if any(not m.resolve().is_relative_to(root) for m in members):
             return None, OUTSIDE

@@ -11,7 +11,11 @@ Key: SHA-256 over CACHE_VERSION, the preprocessing parameters (size, window, fra
     simply never hit.)
 Size cap first: a file over limits.max_file_mb is "image too large" from its stat alone: never
     opened, hashed or cached (a folder's member over the cap is never read either: its stat
-    signature stands in for its digest). Files are hashed CHUNK (1 MiB) at a time.
+    signature stands in for its digest). Likewise a folder of more than
+    limits.MAX_SERIES_ENTRIES entries is "series folder with too many files" from its listing
+    alone (read up to the first entry past the cap): no member is stat-ed, hashed or parsed, and
+    nothing is cached, as the check costs no more than a cache lookup would.
+    Files are hashed CHUNK (1 MiB) at a time.
     A file is hashed, then decoded, from the same open file; when its stat signature (size,
     mtime, ctime, inode, device) changed meanwhile, the outcome is returned but not cached. A
     folder is hashed, then read again to decode; a file rewritten in between is picked up by the
@@ -68,11 +72,12 @@ from pydicom.pixels import decoders
 from pydicom.pixels.decoders.base import Decoder
 
 from client.site_data.imaging.dicom import check_arguments, image_from_file, open_image_file, read_image
-from client.site_data.imaging.limits import DEFAULT_LIMITS, DicomLimits
+from client.site_data.imaging.limits import DEFAULT_LIMITS, DicomLimits, over_series_cap
 from client.site_data.imaging.reasons import (
     FILE_NOT_FOUND,
     FILE_NOT_READABLE,
     TOO_LARGE,
+    TOO_MANY_FILES,
     UnusableImage,
     is_known_reason,
 )
@@ -194,9 +199,13 @@ def folder_digest(folder: Path, memo_dir: Path | None = None, limits: DicomLimit
 
     Per-file digests come from the hash memo in `memo_dir` when given (None: always hashed).
     A file over limits.max_file_mb is never read; its stat signature stands in for its digest.
+    A folder over limits.MAX_SERIES_ENTRIES entries is "series folder with too many files",
+    found from its listing alone (nothing stat-ed or hashed).
     """
     digest = hashlib.sha256()
     try:
+        if over_series_cap(folder):  # before any member is stat-ed or hashed
+            raise UnusableImage(TOO_MANY_FILES)
         files = sorted(p for p in folder.iterdir() if not p.name.startswith(".") and p.is_file())
         for path in files:
             size, file_digest = _file_digest(path, memo_dir, limits)

@@ -8,9 +8,11 @@ Input
     limits.max_header_mb) and the frames used are read. A folder is a series exported as one
     file per instance: its DICOM files with pixel data (non-recursive, hidden files ignored,
     all taken as one series) are ordered by Instance Number, then file name, and the middle one
-    (index n // 2) is used. If that one is unusable the others are tried, nearest first; if
-    none is usable, the middle one's reason is raised (a folder whose only candidates are over
-    the size cap: "image too large").
+    (index n // 2) is used. A folder of more than limits.MAX_SERIES_ENTRIES entries is "series
+    folder with too many files" before any member is opened. If the middle instance is
+    unusable, up to SERIES_ATTEMPTS - 1 = 8 others are tried, nearest first; if none is usable,
+    the middle one's reason is raised (a folder whose only candidates are over the size cap:
+    "image too large").
 Checks, in order (reasons: client.site_data.imaging.reasons): readable regular file within the
     size cap; DICOM; header within its cap; not truncated (no dataset, a last element shorter
     than its length, native pixel data shorter than the header says or cut by the end of the
@@ -46,7 +48,7 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.pixels.utils import get_expected_length
 
-from client.site_data.imaging.limits import DEFAULT_LIMITS, DicomLimits
+from client.site_data.imaging.limits import DEFAULT_LIMITS, SERIES_ATTEMPTS, DicomLimits, over_series_cap
 from client.site_data.imaging.pixels import greyscale
 from client.site_data.imaging.reasons import (
     CORRUPT,
@@ -58,6 +60,7 @@ from client.site_data.imaging.reasons import (
     NO_PIXEL_DATA,
     NO_TRANSFER_SYNTAX,
     TOO_LARGE,
+    TOO_MANY_FILES,
     UnusableImage,
     is_known_non_image_class,
     no_decoder,
@@ -257,9 +260,12 @@ def _series_key(path: Path, limits: DicomLimits) -> tuple[int, int] | None | str
 def series_instances(folder: Path, limits: DicomLimits = DEFAULT_LIMITS) -> list[Path]:
     """The folder's image instances in series order (Instance Number, then file name).
 
-    Raises "image too large" when there are none but some file was over a size cap.
+    Raises "series folder with too many files" over limits.MAX_SERIES_ENTRIES (before any member
+    is opened), "image too large" when there are none but some file was over a size cap.
     """
     try:
+        if over_series_cap(folder):
+            raise UnusableImage(TOO_MANY_FILES)
         children = sorted(p for p in folder.iterdir() if not p.name.startswith(".") and p.is_file())
     except OSError:
         raise UnusableImage(FILE_NOT_READABLE) from None
@@ -277,7 +283,8 @@ def _read_series(folder: Path, size: int, window: tuple[float, float] | None,
         raise UnusableImage(NO_IMAGE_IN_FOLDER)
     middle = len(instances) // 2
     reasons: list[str] = []
-    for i in sorted(range(len(instances)), key=lambda i: (abs(i - middle), i)):
+    nearest = sorted(range(len(instances)), key=lambda i: (abs(i - middle), i))
+    for i in nearest[:SERIES_ATTEMPTS]:
         try:
             return read_file(instances[i], size=size, window=window, frame_policy=frame_policy,
                              limits=limits)

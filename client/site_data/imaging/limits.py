@@ -38,11 +38,27 @@ max_header_mb = 4
     multi-frame objects with thousands of frames.
 
 Caps are part of the preprocessing cache key, so a changed cap re-decides every file.
+
+Series folders (fixed, not site settings):
+MAX_SERIES_ENTRIES = 5000
+    Entries a series folder may hold (any kind, hidden ones included), counted with os.scandir
+    that stops at the first one past the cap, BEFORE any member is resolved, hashed or parsed:
+    over it the folder is "series folder with too many files" (reasons.TOO_MANY_FILES), at the
+    cost of reading one directory listing, so no verdict needs caching. Clinical series are
+    at most a few thousand instances (a thin-slice whole-body CT: ~2,000-3,000), and the model
+    uses one instance of the folder anyway. A site with larger series lists a folder holding the
+    instances around the one to use, or a single instance file, in its manifest.
+SERIES_ATTEMPTS = 9
+    Instances of a series folder decoded at most: the middle one, then the 8 nearest to it. If
+    none of them decodes the folder gets the middle one's reason (without the cap, a folder of
+    thousands of broken instances was decoded instance by instance).
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 MIB = 1 << 20
 
@@ -84,3 +100,18 @@ DEFER_BYTES = 1 << 20  # header elements larger than this are skipped, not read 
 # Sequence items the header may hold: pydicom keeps each as a Dataset (~700 bytes even when
 # empty), so 100,000 cost ~70 MB; an enhanced multi-frame object has ~10 per frame.
 MAX_HEADER_ITEMS = 100_000
+
+MAX_SERIES_ENTRIES = 5000
+SERIES_ATTEMPTS = 9
+
+
+def over_series_cap(folder: Path | str, cap: int | None = None) -> bool:
+    """True when `folder` holds more than `cap` (default MAX_SERIES_ENTRIES) entries, of any kind,
+    hidden included; reads its listing only up to the first entry past the cap and stats
+    nothing. Raises OSError."""
+    cap = MAX_SERIES_ENTRIES if cap is None else cap
+    with os.scandir(folder) as entries:
+        for count, _ in enumerate(entries, start=1):
+            if count > cap:
+                return True
+    return False

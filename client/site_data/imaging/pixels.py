@@ -17,7 +17,11 @@ Monochrome: modality LUT (Rescale Slope/Intercept or Modality LUT Sequence, from
     falls back to min-max. MONOCHROME1 is inverted after VOI, so bright = dense as in MONOCHROME2.
 Colour: RGB, YBR_FULL and YBR_FULL_422 (converted to RGB), YBR_ICT and YBR_RCT (the JPEG 2000
     codec returns RGB) -> ITU-R BT.601 luminance / (2**BitsStored - 1). No window is applied.
-PALETTE COLOR: the palette is applied, then luminance / the palette's nominal maximum.
+PALETTE COLOR: the palette becomes one luminance table (luminance / the entries' nominal
+    maximum), built once per file before any frame is decoded and checked against the LUT
+    descriptor's number of entries first: plain LUT Data must hold exactly that many 8- or 16-bit
+    entries, and a Segmented LUT's segment headers are counted (nothing expanded) and refused
+    over it, or with an indirect segment (`palette_luminance`): "palette colour image".
 Decoding uses pydicom's decoders with whichever permissive plugins are installed; a frame no
 plugin decodes is "pixel data cannot be decoded" (its traceback goes to the DEBUG log), or "no
 permissive decoder for ..." where only a GPL plugin could (PERMISSIVE_GAPS).
@@ -30,7 +34,7 @@ from collections.abc import Callable
 
 import numpy as np
 from pydicom.dataset import Dataset
-from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi, apply_windowing, convert_color_space
+from pydicom.pixels import apply_modality_lut, apply_voi, apply_windowing, convert_color_space
 from pydicom.uid import UID, JPEGExtended12Bit
 
 from client.site_data.imaging.reasons import (
@@ -55,6 +59,12 @@ PERMISSIVE_GAPS = ((JPEGExtended12Bit, 9),)
 BLOCK_SAMPLES = 1 << 20  # samples per block of pointwise float64 work (8 MiB temporaries)
 LUT_ERRORS = (ValueError, TypeError, AttributeError, KeyError, IndexError, NotImplementedError,
               struct.error)
+# Palette Color LUTs (PS3.3 C.7.6.3.1.5): at most 2**16 entries (a descriptor's 0 means 65536).
+# A segmented LUT is expanded only after its segment headers show it within its descriptor's
+# count: pydicom's apply_color_lut expands it without bound (a linear segment of 3 words adds up
+# to 65,535 entries, so 120 KB of them expand to 2.6e9 Python ints).
+MAX_PALETTE_ENTRIES = 1 << 16
+PALETTE_CHANNELS = ("Red", "Green", "Blue")
 
 
 def frame_indices(frames: int, policy: str) -> list[int]:
@@ -226,18 +236,112 @@ def _colour(src: PixelSource, indices: list[int], frames: int) -> np.ndarray:
     return np.clip(total, 0.0, 1.0, out=total)
 
 
+def _lut_words(data: bytes, bits: int, little: bool) -> np.ndarray:
+    """LUT Data bytes as unsigned `bits`-bit entries in the dataset's byte order."""
+    if bits == 8:
+        return np.frombuffer(data, dtype=np.uint8)
+    if len(data) % 2:
+        raise UnusableImage(PALETTE_COLOUR)
+    return np.frombuffer(data, dtype="<u2" if little else ">u2")
+
+
+def segmented_length(words: np.ndarray, limit: int) -> int:
+    """Entries a Segmented Palette Color LUT (PS3.3 C.7.9.2) expands to, counted from its segment
+    headers alone (nothing is expanded). "palette colour image" for a table over `limit` entries,
+    an indirect segment (type 2: never emitted in practice, and read differently by readers:
+    pydicom takes its offset as an entry index, the standard as a byte offset), an empty or
+    unknown segment, a first segment that is linear, or a segment cut by the end of the data."""
+    total, offset, count = 0, 0, len(words)
+    while offset + 1 < count:  # a trailing pad entry is allowed
+        opcode, length = int(words[offset]), int(words[offset + 1])
+        if opcode == 0:  # discrete: `length` values follow
+            offset += 2 + length
+        elif opcode == 1 and total:  # linear: `length` values up to the one that follows
+            offset += 3
+        else:
+            raise UnusableImage(PALETTE_COLOUR)
+        total += length
+        if length == 0 or offset > count or total > limit:
+            raise UnusableImage(PALETTE_COLOUR)
+    if total == 0:
+        raise UnusableImage(PALETTE_COLOUR)
+    return total
+
+
+def expand_segmented(words: np.ndarray, limit: int) -> np.ndarray:
+    """The expanded table (float64) of a Segmented Palette Color LUT, once `segmented_length`
+    has bounded it by `limit`; linear segments are interpolated as pydicom does."""
+    out = np.empty(segmented_length(words, limit), dtype=np.float64)
+    offset = filled = 0
+    while offset + 1 < len(words):
+        opcode, length = int(words[offset]), int(words[offset + 1])
+        if opcode == 0:
+            out[filled:filled + length] = words[offset + 2:offset + 2 + length]
+            offset += 2 + length
+        else:
+            y0, y1 = out[filled - 1], float(words[offset + 2])
+            step = (y1 - y0) / length
+            out[filled:filled + length] = np.around(np.linspace(y0 + step, y1, length))
+            offset += 3
+        filled += length
+    return out
+
+
+def palette_luminance(ds: Dataset) -> tuple[np.ndarray, int]:
+    """The palette as one float32 luminance table in [0, 1] (ITU-R BT.601 of R, G, B over the
+    entries' nominal maximum) and the first stored value it maps, built once per file.
+
+    Every LUT is checked against the Red descriptor before it is used: the number of entries n
+    (0 means 65536) bounds a segmented table (`segmented_length`), and plain LUT Data must hold
+    n entries of 8 or 16 bits. Anything else is "palette colour image"."""
+    try:
+        if str(ds.get("PixelPresentation", "")).upper() in ("MIXED", "COLOR"):
+            raise UnusableImage(PALETTE_COLOUR)  # supplemental palette: not supported
+        descriptor = [int(v) for v in ds.RedPaletteColorLookupTableDescriptor]
+        entries, first_map, nominal = descriptor[0] or MAX_PALETTE_ENTRIES, descriptor[1], descriptor[2]
+        little = ds.original_encoding[1] is not False
+        tables: list[np.ndarray] = []
+        if "RedPaletteColorLookupTableData" in ds:
+            for colour in PALETTE_CHANNELS:
+                data = bytes(ds[f"{colour}PaletteColorLookupTableData"].value)
+                if len(data) == 2 * entries:
+                    bits = 16
+                elif len(data) == entries + entries % 2:  # 8-bit entries, with an odd count's pad byte
+                    bits, data = 8, data[:entries]
+                else:
+                    raise UnusableImage(PALETTE_COLOUR)
+                tables.append(_lut_words(data, bits, little).astype(np.float64))
+        elif "SegmentedRedPaletteColorLookupTableData" in ds and nominal in (8, 16):
+            bits = nominal
+            for colour in PALETTE_CHANNELS:
+                data = bytes(ds[f"Segmented{colour}PaletteColorLookupTableData"].value)
+                tables.append(expand_segmented(_lut_words(data, nominal, little), entries))
+        else:
+            raise UnusableImage(PALETTE_COLOUR)
+    except LUT_ERRORS:
+        raise UnusableImage(PALETTE_COLOUR) from None
+    if len({len(t) for t in tables}) != 1:
+        raise UnusableImage(PALETTE_COLOUR)
+    scale = 2.0 ** bits - 1.0
+    rgb = [np.clip(t, 0.0, scale) for t in tables]
+    luma = (BT601[0] * rgb[0] + BT601[1] * rgb[1] + BT601[2] * rgb[2]) / scale
+    return luma.astype(np.float32), first_map
+
+
 def _palette(src: PixelSource, indices: list[int], frames: int) -> np.ndarray:
+    table, first_map = palette_luminance(src.ds)  # before any frame is decoded
+
     def to_luma(block: np.ndarray) -> np.ndarray:
-        rgb = apply_color_lut(block, src.ds)
-        return luminance(rgb) / float(np.iinfo(rgb.dtype).max)
+        # stored values below the first mapped one take entry 0, those past the table its last
+        index = np.clip(np.asarray(block, dtype=np.int64) - first_map, 0, len(table) - 1)
+        return table[index]
 
     total: np.ndarray | None = None
     for index in indices:
         arr, _ = decode_frame(src, index, frames)
-        try:
-            total = _accumulate(total, blockwise(to_luma, arr))
-        except LUT_ERRORS:
-            raise UnusableImage(PALETTE_COLOUR) from None
+        if arr.ndim != 2:
+            raise UnusableImage(INVALID_ATTRIBUTES)
+        total = _accumulate(total, blockwise(to_luma, arr))
         del arr
     assert total is not None
     if len(indices) > 1:

@@ -25,11 +25,13 @@ PALETTE_COLOUR = "palette colour image"
 UNDECODABLE = "pixel data cannot be decoded"
 NO_IMAGE_IN_FOLDER = "no image instances in folder"
 TOO_LARGE = "image too large"  # over a cap of client.site_data.imaging.limits, before decoding
+# a series folder over client.site_data.imaging.limits.MAX_SERIES_ENTRIES, before any member is read
+TOO_MANY_FILES = "series folder with too many files"
 
 FIXED_REASONS = frozenset({
     FILE_NOT_FOUND, FILE_NOT_READABLE, NOT_DICOM, CORRUPT, NO_PIXEL_DATA, EMPTY_IMAGE,
     INVALID_ATTRIBUTES, NO_TRANSFER_SYNTAX, PALETTE_COLOUR, UNDECODABLE, NO_IMAGE_IN_FOLDER,
-    TOO_LARGE,
+    TOO_LARGE, TOO_MANY_FILES,
 })
 
 NON_IMAGE = "non-image object: "
