@@ -110,7 +110,8 @@ def test_parquet_rows_are_numbered_from_one_and_values_become_text(tmp_path: Pat
 def test_caps_refuse_a_table_by_name_and_say_what_to_do(tmp_path: Path) -> None:
     small = SiteLimits(max_table_rows=3, max_table_mb=1)
     csv_path = write(tmp_path, "labs.csv", "patient_id,text\n" + "A,b\n" * 4)
-    with pytest.raises(SiteDataError, match=r"labs.csv: more than 3 rows, the site's limits.max_table_rows; export"):
+    with pytest.raises(SiteDataError, match=r"labs.csv: more than 3 rows \(blank lines included\), the site's limits.max_table_rows; "
+                                               r"export"):
         read_table(csv_path, COLS, limits=small)
     big = write(tmp_path, "notes.csv", "patient_id,text\nA," + "x" * (1 << 20) + "\n")
     with pytest.raises(SiteDataError, match=r"notes.csv: the file holds more than 1 MiB, the site's limits.max_table_mb"):
@@ -218,3 +219,153 @@ def test_labs_rows_are_counted_by_line_through_the_loader(one_site: Path, tmp_pa
                                            None)[0] == ["labs.csv line 6"]
     assert report.lab_rows_used > 0
 
+
+
+# --- sec-table-bounds: nested Parquet, records over the cap, blank lines, JSON Lines line ends ---
+
+LONG_ROW = "row longer than 4 MiB (not used)"
+
+
+@pytest.mark.parametrize("nested", [pa.array([[True, False]]), pa.array([[None]], pa.list_(pa.null())),
+                                    pa.array([{"x": 1}]), pa.array([[("k", 1)]], pa.map_(pa.string(), pa.int64()))])
+def test_a_parquet_column_that_is_not_flat_is_refused_by_file_and_column(tmp_path: Path, nested: pa.Array) -> None:
+    path = tmp_path / "notes.parquet"
+    pq.write_table(pa.table({"patient_id": ["A1"], "text": nested}), path)
+    with pytest.raises(SiteDataError, match=r"^notes.parquet: column 'text' holds .* values, not one plain value "
+                                            r"per row; export it as text \(a plain column\)$"):
+        read_table(path, COLS)
+
+
+def test_flat_parquet_columns_are_capped_by_the_text_they_become(tmp_path: Path) -> None:
+    path = tmp_path / "labels.parquet"
+    n = 100_000  # 12 kB of bits, 0 bytes of nulls; ~1.3 MB and ~0.8 MB as text with offsets
+    for column in (pa.array([False] * n), pa.nulls(n)):
+        pq.write_table(pa.table({"patient_id": pa.nulls(n), "label": column}), path)
+        with pytest.raises(SiteDataError, match=r"labels.parquet: its columns expand to more than 1 MiB"):
+            read_table(path, ("patient_id", "label"), limits=SiteLimits(max_table_mb=1))
+    pq.write_table(pa.table({"patient_id": pa.nulls(2), "label": [True, None]}), path)
+    frame, found = read_table(path, ("patient_id", "label"))
+    assert frame["patient_id"].tolist() == ["", ""] and frame["label"].tolist() == ["true", ""] and not found
+
+
+def test_a_record_over_4_mib_is_counted_by_line_and_the_rows_after_it_are_read(tmp_path: Path) -> None:
+    huge = "ab," * (2 << 20)  # 6 MiB on one line: never parsed
+    frame, found = read_table(write(tmp_path, "notes.csv", f"patient_id,text\nA1,ok\n{huge}\nA2,fine\n"), COLS)
+    assert dict(zip(frame.index, frame["patient_id"])) == {2: "A1", 4: "A2"}
+    assert rows_of(found) == {LONG_ROW: [3]}
+    objects = "[" + "{}," * (2 << 20) + "{}]"
+    lines = [json.dumps({"patient_id": "A1", "text": "ok"}), objects, "", json.dumps({"patient_id": "A2", "text": "x"})]
+    frame, found = read_table(write(tmp_path, "notes.jsonl", "\r\n".join(lines) + "\r\n"), COLS)
+    assert dict(zip(frame.index, frame["patient_id"])) == {1: "A1", 4: "A2"} and rows_of(found) == {LONG_ROW: [2]}
+    # A quote left open with 5 MiB of rows after it: counted at its line, the rows after it kept.
+    rows = "".join(f"B{i},{'w' * 1000}\n" for i in range(5200))
+    frame, found = read_table(write(tmp_path, "notes.csv", f'patient_id,text\nA1,"open\n{rows}A2,end\n'), COLS)
+    assert frame.index.tolist() == list(range(3, 5204)) and frame["patient_id"].iloc[-1] == "A2"
+    assert rows_of(found) == {"quote opened and never closed (the lines after it were read again as rows)": [2]}
+
+
+def test_lines_are_cut_at_the_limit_without_splitting_a_crlf(tmp_path: Path) -> None:
+    import io
+
+    from client.site_data.encodings import OVERLONG, Utf8Tally
+
+    def split(data: bytes, cr: bool) -> list[str]:
+        stream = io.TextIOWrapper(io.BytesIO(data), encoding="utf-8", newline="" if cr else "\n")
+        return list(Utf8Tally(stream, "utf-8", limit=3, cr_ends=cr))
+
+    data = b"abc\r\nxy\nabcd\r\nq\rabcde\nz"
+    assert split(data, cr=True) == ["abc\r\n", "xy\n", OVERLONG, "q\r", OVERLONG, "z"]
+    assert split(data, cr=False) == ["abc\r\n", "xy\n", OVERLONG, OVERLONG, "z"]  # 'q\rabcde' is one line
+    assert split(b"abcdefgh\r\r\nabc", cr=True) == [OVERLONG, "\r\n", "abc"]
+    assert split(b"abcd", cr=True) == [OVERLONG]
+
+
+AMPLIFY = """
+import resource, sys, time
+from pathlib import Path
+from client.site_data.tables import read_table
+site = Path(sys.argv[1])
+def write(name, head, at_cap, tail, huge):  # a record just under 4 MiB, then a 120 MiB one, a MiB at a time
+    with open(site / name, "wb") as out:
+        out.write(head + at_cap * ((4 << 20) // len(at_cap) - 8) + tail)
+        for _ in range(120):
+            out.write(huge * ((1 << 20) // len(huge)))
+        out.write(b"\\n")
+write("notes.csv", b"patient_id,text\\nA1,ok\\n", b"a,", b"a\\n", b"ab,")
+write("notes.jsonl", b'{"patient_id":"A1","text":"ok"}\\n[', b"{},", b"{}]\\n", b"[],")
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+for name in ("notes.csv", "notes.jsonl"):
+    t = time.time()
+    frame, found = read_table(site / name, ("patient_id", "text"))
+    print(name, len(frame), sorted(found.items()), round(time.time() - t, 1))
+print("grew_kb", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base)
+"""
+
+
+def test_one_huge_record_does_not_grow_memory(tmp_path: Path) -> None:
+    """4 MiB of `a,` (2 million fields) is parsed, 120 MiB of `ab,` or `[],` on one line is not."""
+    out = subprocess.run([sys.executable, "-c", AMPLIFY, str(tmp_path)], capture_output=True, text=True,
+                         timeout=300, check=True).stdout
+    assert ("notes.csv 1 [('notes.csv: row longer than 4 MiB (not used)', 1), "
+            "('notes.csv: row with more fields than the header (not used)', 1)]") in out
+    assert ("notes.jsonl 1 [('notes.jsonl: JSON line that is not an object', 1), "
+            "('notes.jsonl: row longer than 4 MiB (not used)', 1)]") in out
+    grew = int(out.split()[-1])
+    assert grew < 300_000, out  # < 300 MB for the record at the cap; the 120 MiB line is never held
+
+
+def test_blank_lines_count_toward_the_row_cap(tmp_path: Path) -> None:
+    small = SiteLimits(max_table_rows=1000)
+    for name, head in (("labels.csv", "patient_id,label\nA1,1\n"), ("labels.jsonl", '{"patient_id":"A1","label":1}\n')):
+        path = write(tmp_path, name, head + "\n" * 999)
+        frame, found = read_table(path, ("patient_id", "label"), limits=small)
+        assert len(frame) == 1 and not found
+        path = write(tmp_path, name, head + " \r\n" * 1000)
+        with pytest.raises(SiteDataError, match=rf"{name}: more than 1000 rows \(blank lines included\)"):
+            read_table(path, ("patient_id", "label"), limits=small)
+
+
+@pytest.mark.slow
+def test_64_mib_of_blank_lines_are_refused_in_seconds(tmp_path: Path) -> None:
+    import time
+    for name, head in (("labs.csv", b"patient_id,text\nA1,x\n"), ("labs.jsonl", b'{"patient_id":"A1","text":"x"}\n')):
+        path = write(tmp_path, name, head + b"\n" * (64 << 20))
+        start = time.monotonic()
+        with pytest.raises(SiteDataError, match=r"more than 5000000 rows \(blank lines included\)"):
+            read_table(path, COLS)
+        assert time.monotonic() - start < 20  # 5 million lines; ~2-3 s on an idle core
+
+
+def test_json_lines_end_at_lf_only_and_a_cr_inside_a_record_is_whitespace(tmp_path: Path) -> None:
+    data = b'{"patient_id":"A1","label":"0"}\r\n{"patient_id":"A2",\r"label":"1"}\n\r\n{"patient_id":"A3","label":"1"}'
+    frame, found = read_table(write(tmp_path, "labels.jsonl", data), ("patient_id", "label"))
+    assert dict(zip(frame.index, frame["patient_id"])) == {1: "A1", 2: "A2", 4: "A3"} and not found
+    frame, found = read_table(write(tmp_path, "labels.csv", b"patient_id,label\rA1,0\rA2,1\r"), ("patient_id", "label"))
+    assert frame.index.tolist() == [2, 3] and not found  # CSV still accepts CR-only line ends
+
+
+NESTED = """
+import resource, sys
+import pyarrow as pa, pyarrow.parquet as pq
+from pathlib import Path
+from client.site_data.errors import SiteDataError
+from client.site_data.tables import read_table
+path = Path(sys.argv[1]) / "notes.parquet"
+bits = pa.concat_arrays([pa.array([False] * 1_000_000)] * 100)  # 100 million bools in one row: 12 MB
+pq.write_table(pa.table({"patient_id": ["A1", "A2"], "text": pa.ListArray.from_arrays([0, 0, len(bits)], bits)}), path)
+del bits
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:
+    read_table(path, ("patient_id", "text"))
+except SiteDataError as exc:
+    print("refused", exc)
+print("size", path.stat().st_size, "grew_kb", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base)
+"""
+
+
+def test_a_nested_parquet_bomb_is_refused_before_reading(tmp_path: Path) -> None:
+    out = subprocess.run([sys.executable, "-c", NESTED, str(tmp_path)], capture_output=True, text=True,
+                         timeout=120, check=True).stdout
+    assert "refused notes.parquet: column 'text' holds list<element: bool> values" in out
+    size, grew = (int(w) for w in out.split()[-3::2])
+    assert size < 1_000_000 and grew < 20_000, out  # as text it would be 1.3 GB ("false" + offsets)

@@ -1,6 +1,8 @@
 """JSON Lines -> rows by line number; a line that cannot be used is counted, never the whole table.
 
-Each non-blank line must be one JSON object. Values are bound by key, so nothing can shift;
+Records end at LF only (a CR before it is whitespace, as is a CR inside a record: the JSON Lines
+spec). Each non-blank line must be one JSON object. A line longer than MAX_RECORD_CHARS is counted
+without being parsed. Values are bound by key, so nothing can shift;
 a value becomes text (null: empty; other values as Python's str()). Any failure to parse one
 line (invalid JSON, nesting too deep for the parser, an integer too long to convert, ...) counts
 that line only.
@@ -13,9 +15,10 @@ from collections.abc import Iterable
 
 import pandas as pd
 
+from client.site_data.encodings import OVERLONG
 from client.site_data.errors import SiteDataError
 from client.site_data.findings import Findings
-from client.site_data.rows import Caps, TextColumns
+from client.site_data.rows import LINES, LONG, Caps, TextColumns
 
 BROKEN = "line that is not valid JSON"
 NOT_OBJECT = "JSON line that is not an object"
@@ -30,7 +33,7 @@ def read_jsonl_rows(lines: Iterable[str], name: str, columns: tuple[str, ...], o
                     caps: Caps) -> tuple[pd.DataFrame, Findings]:
     """Rows of `columns` + `optional` (those that any line has) and the lines counted, by line number.
 
-    Raises SiteDataError when no line has a required column, or over the row cap.
+    Raises SiteDataError when no line has a required column, or over the row cap (blank lines count).
     """
     found = Findings()
     wanted = columns + optional
@@ -38,10 +41,13 @@ def read_jsonl_rows(lines: Iterable[str], name: str, columns: tuple[str, ...], o
     seen: set[str] = set()
     records = 0
     for number, line in enumerate(lines, start=1):
+        records += 1
+        caps.check_rows(name, records, LINES)
+        if line == OVERLONG:
+            found.add_rows(LONG, name, [number])
+            continue
         if not line.strip():
             continue
-        records += 1
-        caps.check_rows(name, records)
         try:
             row = json.loads(line)
         except Exception:  # noqa: BLE001 - JSONDecodeError, RecursionError, ValueError (huge ints), ...

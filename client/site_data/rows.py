@@ -17,6 +17,12 @@ from client.site_data.errors import SiteDataError
 from configs.schema import SiteLimits
 
 CHUNK = 65_536  # rows per Arrow chunk: bounds the Python objects alive at once
+# The most text one CSV or JSON Lines record may hold, checked on the raw text before it is parsed
+# (a parser builds every field or object of a record at once: 4 MiB of `a,` is 2 million fields).
+# A note is cut to data.note_max_tokens (at most 4096) tokens, so a longer record is never needed.
+MAX_RECORD_CHARS = 4 << 20
+LONG = f"row longer than {MAX_RECORD_CHARS >> 20} MiB (not used)"
+LINES = "rows (blank lines included)"  # what the row cap counts in a CSV or JSON Lines file
 
 
 @dataclass(frozen=True)
@@ -25,6 +31,8 @@ class Caps:
 
     `max_bytes` bounds the file's size for CSV and JSON Lines and the text the needed columns
     expand to for Parquet (a small compressed file can hold gigabytes of repeated values).
+    `max_rows` bounds the records read, blank lines included for CSV and JSON Lines (a file of
+    line breaks would otherwise be walked to the byte cap), and Parquet's rows.
     """
 
     max_rows: int
@@ -36,10 +44,10 @@ class Caps:
         limits = limits or SiteLimits()
         return cls(limits.max_table_rows, limits.max_table_mb << 20)
 
-    def check_rows(self, name: str, rows: int) -> None:
-        """Raise SiteDataError naming the table and the cap when `rows` exceeds it."""
+    def check_rows(self, name: str, rows: int, what: str = "rows") -> None:
+        """Raise SiteDataError naming the table and the cap when `rows` (described by `what`) exceeds it."""
         if rows > self.max_rows:
-            raise SiteDataError(f"{name}: more than {self.max_rows} rows, the site's limits.max_table_rows; "
+            raise SiteDataError(f"{name}: more than {self.max_rows} {what}, the site's limits.max_table_rows; "
                                 "export only the rows of the study's patients, or raise the limit in site.yaml")
 
     def check_bytes(self, name: str, size: int, what: str) -> None:

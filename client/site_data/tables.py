@@ -3,7 +3,8 @@
 `read_table` returns the rows it could read, indexed by where each starts in the file (for CSV
 and JSON Lines the 1-based line number, the header being line 1; for Parquet the 1-based data
 row), and a Findings of the rows it could not use, by reason and row number. Rows in the file =
-rows returned + rows in the Findings (blank lines are not rows). How each format is read:
+rows returned + rows in the Findings (blank lines are not rows, but count toward the row cap; a
+record longer than MAX_RECORD_CHARS is counted, unparsed). How each format is read:
 `csv_rows`, `jsonl_rows`, `parquet_rows`; text encodings: `encodings`; caps: `rows.Caps`.
 
 Undecodable UTF-8 bytes never fail a whole file: they become U+FFFD and the affected rows are
@@ -22,7 +23,7 @@ from client.site_data.errors import SiteDataError
 from client.site_data.findings import Findings
 from client.site_data.jsonl_rows import read_jsonl_rows
 from client.site_data.parquet_rows import read_parquet_rows
-from client.site_data.rows import Caps
+from client.site_data.rows import MAX_RECORD_CHARS, Caps
 from configs.schema import SiteLimits
 
 FORMATS = (".csv", ".parquet", ".jsonl")
@@ -40,10 +41,11 @@ def _read_text(path: Path, columns: tuple[str, ...], optional: tuple[str, ...], 
                ) -> tuple[pd.DataFrame, Findings]:
     size = path.stat().st_size
     caps.check_bytes(path.name, size, "the file holds")
-    stream, codec = open_text(path)
+    jsonl = path.suffix == ".jsonl"
+    stream, codec = open_text(path, newline="\n" if jsonl else "")  # JSON Lines: records end at LF only
     with stream:
-        lines = Utf8Tally(stream, codec)
-        if path.suffix == ".jsonl":
+        lines = Utf8Tally(stream, codec, limit=MAX_RECORD_CHARS, cr_ends=not jsonl)
+        if jsonl:
             frame, found = read_jsonl_rows(lines, path.name, columns, optional, caps)
         else:
             frame, found = read_csv_rows(lines, path.name, columns, optional, caps, size)
