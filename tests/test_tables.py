@@ -326,14 +326,12 @@ def test_blank_lines_count_toward_the_row_cap(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_64_mib_of_blank_lines_are_refused_in_seconds(tmp_path: Path) -> None:
-    import time
+def test_64_mib_of_blank_lines_meet_the_default_row_cap(tmp_path: Path) -> None:
+    """The default cap (5 million lines) stops a file of blank lines long before its byte cap."""
     for name, head in (("labs.csv", b"patient_id,text\nA1,x\n"), ("labs.jsonl", b'{"patient_id":"A1","text":"x"}\n')):
         path = write(tmp_path, name, head + b"\n" * (64 << 20))
-        start = time.monotonic()
         with pytest.raises(SiteDataError, match=r"more than 5000000 rows \(blank lines included\)"):
             read_table(path, COLS)
-        assert time.monotonic() - start < 20  # 5 million lines; ~2-3 s on an idle core
 
 
 def test_json_lines_end_at_lf_only_and_a_cr_inside_a_record_is_whitespace(tmp_path: Path) -> None:
