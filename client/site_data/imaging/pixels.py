@@ -215,25 +215,34 @@ def _accumulate(total: np.ndarray | None, frame: np.ndarray) -> np.ndarray:
     return total
 
 
-def _colour(src: PixelSource, indices: list[int], frames: int) -> np.ndarray:
-    nominal = 2.0 ** int(src.ds.get("BitsStored") or src.ds.BitsAllocated) - 1.0
+def _mean_of_frames(src: PixelSource, indices: list[int], frames: int, ndim: int,
+                    to_luma: Callable[[np.ndarray, str], np.ndarray]) -> np.ndarray:
+    """Frames `indices` decoded one at a time, each turned into luminance in [0, 1] block by block
+    (`to_luma(block, photometric)`), and averaged into one float32 [rows, columns] image.
+    UnusableImage(INVALID_ATTRIBUTES) for a frame that is not `ndim`-dimensional or not the
+    first one's shape."""
     total: np.ndarray | None = None
     for index in indices:
         arr, photometric = decode_frame(src, index, frames)
-        if arr.ndim != 3:
+        if arr.ndim != ndim:
             raise UnusableImage(INVALID_ATTRIBUTES)
-        if photometric in ("YBR_FULL", "YBR_FULL_422"):
-            def to_luma(block: np.ndarray, photometric: str = photometric) -> np.ndarray:
-                return luminance(convert_color_space(block, photometric, "RGB")) / nominal
-        else:
-            def to_luma(block: np.ndarray) -> np.ndarray:
-                return luminance(block) / nominal
-        total = _accumulate(total, blockwise(to_luma, arr))
+        total = _accumulate(total, blockwise(lambda block, p=photometric: to_luma(block, p), arr))
         del arr
     assert total is not None
     if len(indices) > 1:
         total /= np.float32(len(indices))
     return np.clip(total, 0.0, 1.0, out=total)
+
+
+def _colour(src: PixelSource, indices: list[int], frames: int) -> np.ndarray:
+    nominal = 2.0 ** int(src.ds.get("BitsStored") or src.ds.BitsAllocated) - 1.0
+
+    def to_luma(block: np.ndarray, photometric: str) -> np.ndarray:
+        if photometric in ("YBR_FULL", "YBR_FULL_422"):
+            block = convert_color_space(block, photometric, "RGB")
+        return luminance(block) / nominal
+
+    return _mean_of_frames(src, indices, frames, 3, to_luma)
 
 
 def _lut_words(data: bytes, bits: int, little: bool) -> np.ndarray:
@@ -331,22 +340,12 @@ def palette_luminance(ds: Dataset) -> tuple[np.ndarray, int]:
 def _palette(src: PixelSource, indices: list[int], frames: int) -> np.ndarray:
     table, first_map = palette_luminance(src.ds)  # before any frame is decoded
 
-    def to_luma(block: np.ndarray) -> np.ndarray:
+    def to_luma(block: np.ndarray, _photometric: str) -> np.ndarray:
         # stored values below the first mapped one take entry 0, those past the table its last
         index = np.clip(np.asarray(block, dtype=np.int64) - first_map, 0, len(table) - 1)
         return table[index]
 
-    total: np.ndarray | None = None
-    for index in indices:
-        arr, _ = decode_frame(src, index, frames)
-        if arr.ndim != 2:
-            raise UnusableImage(INVALID_ATTRIBUTES)
-        total = _accumulate(total, blockwise(to_luma, arr))
-        del arr
-    assert total is not None
-    if len(indices) > 1:
-        total /= np.float32(len(indices))
-    return np.clip(total, 0.0, 1.0, out=total)
+    return _mean_of_frames(src, indices, frames, 2, to_luma)
 
 
 def greyscale(src: PixelSource, *, frames: int, window: tuple[float, float] | None,
