@@ -12,6 +12,7 @@ from client.app import ERROR_CONFIG, ERROR_SITE_DATA, app
 from configs.load import load_experiment
 from model.exchange import state_to_numpy
 from model.networks import build_model
+from site_yaml import set_sections
 
 OVERRIDES = "rounds=3 train.local_epochs=1 train.batch_size=32"
 
@@ -73,7 +74,6 @@ def test_the_site_will_not_report_metrics_over_too_few_held_out_patients(small_s
     site = tmp_path / "site"
     import shutil
     shutil.copytree(small_sites / "site-a", site)
-    with (site / "site.yaml").open("a") as fh:
-        fh.write("validation: {fraction: 0.2, seed: 0, min_patients: 1000}\n")
+    set_sections(site, validation={'fraction': 0.2, 'seed': 0, 'min_patients': 1000})
     reply = app(request("evaluate"), context({"data-path": str(site), "state-dir": str(tmp_path / "state")}))
     assert reply.has_error() and reply.error.code == 704 and "too few held-out patients" in reply.error.reason

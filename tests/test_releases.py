@@ -19,6 +19,7 @@ from privacy.decline import EVAL_LIMIT
 from privacy.ledger import EVALUATE, LEDGER_FILE, TRAIN
 from privacy.mechanism import MechanismUse
 from messages import SMALL_RUN, initial_weights, metrics, send
+from site_yaml import set_sections
 
 pytestmark = pytest.mark.usefixtures("task_identity")
 
@@ -76,8 +77,7 @@ def test_validation_metrics_are_a_recorded_dp_release(site_copy: Path, tmp_path:
 
 
 def test_exact_metrics_only_where_the_site_trusts_the_coordinator(site_copy: Path, tmp_path: Path) -> None:
-    with (site_copy / "site.yaml").open("a") as fh:
-        fh.write("validation: {fraction: 0.2, seed: 0, min_patients: 10, release: exact}\n")
+    set_sections(site_copy, validation={'fraction': 0.2, 'seed': 0, 'min_patients': 10, 'release': 'exact'})
     reply = metrics(send("evaluate", site_copy, tmp_path / "state"))
     held_out = int(validation_mask(sorted(pd.read_csv(site_copy / "labels.csv", dtype=str).patient_id), 0.2, 0).sum())
     assert reply["metrics-dp"] == 0 and reply["noise-std"] == 0.0 and reply["num-examples"] == held_out
@@ -86,8 +86,7 @@ def test_exact_metrics_only_where_the_site_trusts_the_coordinator(site_copy: Pat
 
 
 def test_evaluation_requests_are_capped_per_run(site_copy: Path, tmp_path: Path) -> None:
-    with (site_copy / "site.yaml").open("a") as fh:
-        fh.write("validation: {fraction: 0.2, seed: 0, min_patients: 10, max_per_run: 2}\n")
+    set_sections(site_copy, validation={'fraction': 0.2, 'seed': 0, 'min_patients': 10, 'max_per_run': 2})
     state = tmp_path / "state"
     for r in (1, 2):
         metrics(send("evaluate", site_copy, state, server_round=r))

@@ -16,6 +16,7 @@ from configs.load import CONFIG_DIR, load_experiment
 from configs.parse import ConfigError
 from privacy.ledger import LEDGER_FILE
 from messages import SMALL_RUN, initial_weights, metrics, send
+from site_yaml import set_sections
 
 pytestmark = pytest.mark.usefixtures("task_identity")
 
@@ -64,8 +65,7 @@ def test_requests_beyond_the_sites_limits_are_refused_with_the_field_named(site_
 
 
 def test_site_yaml_limits_are_the_sites_own_and_only_lower_the_release_maxima(site_copy: Path, tmp_path: Path) -> None:
-    with (site_copy / "site.yaml").open("a") as fh:
-        fh.write("limits: {max_image_size: 48, max_rounds: 4, max_steps_per_run: 20}\n")
+    set_sections(site_copy, limits={'max_image_size': 48, 'max_rounds': 4, 'max_steps_per_run': 20})
     state = tmp_path / "state"
     for override, field in (("data.image_size=64", "data.image_size"), ("rounds=5", "rounds"),
                             ("train.batch_size=8", "rounds")):  # 3 x 1 x ceil(120 / 8) = 45 steps > 20
@@ -131,8 +131,7 @@ def test_global_weights_that_are_not_the_models_or_not_finite_are_refused_before
 def test_the_preprocessing_cache_stays_within_the_sites_quota(site_copy: Path, tmp_path: Path) -> None:
     """A coordinator that varies data.image_size each run must not fill the volume of the ledger:
     the site's cache keeps the current load's entries and drops the least recently used others."""
-    with (site_copy / "site.yaml").open("a") as fh:
-        fh.write("limits: {cache_mb: 1}\n")
+    set_sections(site_copy, limits={'cache_mb': 1})
     state = tmp_path / "state"
     for size in (16, 24, 32, 40):
         metrics(send("evaluate", site_copy, state, f"{SMALL_RUN} data.image_size={size}"))
@@ -155,8 +154,7 @@ def test_weights_finite_only_in_a_wider_type_or_of_an_odd_type_are_refused(site_
 def test_the_site_s_own_settings_cannot_be_probed_by_restating_them(site_copy: Path, tmp_path: Path) -> None:
     """Only the release's own value may be restated; the site's own (here a 36 h lab window and
     the first frame) is refused like any other, so replies do not reveal site.yaml."""
-    with (site_copy / "site.yaml").open("a") as fh:
-        fh.write("data: {lab_window_hours: 36, frame_policy: first}\n")
+    set_sections(site_copy, data={'lab_window_hours': 36, 'frame_policy': 'first'})
     state = tmp_path / "state"
     for probe in ("data.lab_window_hours=36", "data.lab_window_hours=48", "data.frame_policy=first"):
         reply = send("evaluate", site_copy, state, f"{SMALL_RUN} {probe}")
@@ -174,8 +172,7 @@ def test_malformed_overrides_are_refused_not_internal_errors(site_copy: Path, tm
 def test_memory_of_per_sample_gradients_and_of_evaluation_is_bounded(site_copy: Path, tmp_path: Path) -> None:
     """hooks/ew/ghost keep a per-sample gradient of every parameter: counted in the batch memory
     limit. Evaluation works in chunks that fit the same limit."""
-    with (site_copy / "site.yaml").open("a") as fh:
-        fh.write("limits: {max_batch_memory_mb: 256}\n")
+    set_sections(site_copy, limits={'max_batch_memory_mb': 256})
     big = "data.note_buckets=65536 model.note_dim=32 train.batch_size=10000"
     for mode, code in (("hooks", ERROR_CONFIG), ("ew", ERROR_CONFIG)):
         reply = send("train", site_copy, tmp_path / mode, f"{SMALL_RUN} {big} privacy.grad_sample_mode={mode}",

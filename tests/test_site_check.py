@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from bad_inputs import CORPUS
+from site_yaml import set_sections
 
 
 def site_check(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -133,8 +134,7 @@ def test_the_check_says_when_this_site_would_refuse_the_requested_configuration(
     """A site whose limits refuse the default recipe cannot join a default run: say so, and why."""
     site = tmp_path / "site-a"
     shutil.copytree(small_sites / "site-a", site)
-    with (site / "site.yaml").open("a") as fh:
-        fh.write("limits: {max_image_size: 16}\n")
+    set_sections(site, limits={'max_image_size': 16})
     done = site_check(site, "--state-dir", str(tmp_path / "state"))
     assert done.returncode == 1 and "refuses the requested configuration: data.image_size" in done.stdout
     assert site_check(site, "data.image_size=16", "--state-dir", str(tmp_path / "state")).returncode == 0
