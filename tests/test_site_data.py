@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from client.site_data.notes import encode, token_id
+from client.site_data.notes import encode, first_tokens, token_id
 from client.site import discover_sites, site_settings
 from client.site_data.loader import SiteDataError, load_site, validation_mask
 from configs.schema import ExperimentConfig
@@ -67,6 +69,34 @@ def test_notes_hash_without_a_vocabulary_and_respect_the_cap() -> None:
     assert list(ids) == [token_id("febrile", 64)] * 2 + [token_id("and", 64)]
     assert encode("", buckets=64, max_tokens=4).tolist() == [0, 0, 0, 0]
     assert all(1 <= token_id(w, 64) < 64 for w in ("a", "b", "tachycardic"))
+
+
+def test_a_patients_notes_are_tokenised_only_up_to_the_cap() -> None:
+    def notes():  # noqa: ANN202
+        yield "One two,"
+        yield "THREE four five"
+        raise AssertionError("tokenised past the cap")
+    assert first_tokens(notes(), 4) == ["one", "two", "three", "four"]
+    assert np.array_equal(encode(["Febrile,", "SOB and"], buckets=64, max_tokens=8),
+                          encode("Febrile,\nSOB and", buckets=64, max_tokens=8))
+
+
+MANY_LONG_NOTES = """
+import resource, sys
+import pandas as pd
+from client.site_data.notes import note_tokens
+notes = pd.DataFrame({"patient_id": ["A1"] * 30, "text": [f"note{i} " + "word " * 800_000 for i in range(30)]})
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+tokens, problems = note_tokens(notes, ["A1"], buckets=1024, max_tokens=512)
+print(int((tokens[0] > 0).sum()), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base)
+"""
+
+
+def test_one_patients_many_long_notes_cost_no_more_than_the_token_cap() -> None:
+    """30 notes of 4 MB each (24 million tokens) for one patient: only the first 512 are made."""
+    out = subprocess.run([sys.executable, "-c", MANY_LONG_NOTES], capture_output=True, text=True, timeout=300,
+                         check=True).stdout.split()
+    assert int(out[0]) == 512 and int(out[1]) < 400_000, out  # KB (measured ~180 MB); all tokens would be ~1.5 GB
 
 
 def test_one_corrupt_dicom_is_counted_not_fatal(small_sites: Path, tmp_path: Path,

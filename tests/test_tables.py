@@ -226,13 +226,17 @@ def test_labs_rows_are_counted_by_line_through_the_loader(one_site: Path, tmp_pa
 LONG_ROW = "row longer than 4 MiB (not used)"
 
 
-@pytest.mark.parametrize("nested", [pa.array([[True, False]]), pa.array([[None]], pa.list_(pa.null())),
-                                    pa.array([{"x": 1}]), pa.array([[("k", 1)]], pa.map_(pa.string(), pa.int64()))])
-def test_a_parquet_column_that_is_not_flat_is_refused_by_file_and_column(tmp_path: Path, nested: pa.Array) -> None:
+@pytest.mark.parametrize(("nested", "kind"), [
+    (pa.array([[True, False]]), "list"), (pa.array([[None]], pa.list_(pa.null())), "list"),
+    (pa.array([{"DOE_JOHN_MRN_8812345": 1}]), "struct"),
+    (pa.array([[("k", 1)]], pa.map_(pa.string(), pa.int64())), "map")])
+def test_a_parquet_column_that_is_not_flat_is_refused_by_file_and_column(tmp_path: Path, nested: pa.Array,
+                                                                         kind: str) -> None:
+    """...by its kind only: a struct's field names come from the export and the message may be shared."""
     path = tmp_path / "notes.parquet"
     pq.write_table(pa.table({"patient_id": ["A1"], "text": nested}), path)
-    with pytest.raises(SiteDataError, match=r"^notes.parquet: column 'text' holds .* values, not one plain value "
-                                            r"per row; export it as text \(a plain column\)$"):
+    with pytest.raises(SiteDataError, match=rf"^notes.parquet: column 'text' holds {kind} values, not one plain "
+                                            r"value per row; export it as text \(a plain column\)$"):
         read_table(path, COLS)
 
 
@@ -364,6 +368,6 @@ print("size", path.stat().st_size, "grew_kb", resource.getrusage(resource.RUSAGE
 def test_a_nested_parquet_bomb_is_refused_before_reading(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-c", NESTED, str(tmp_path)], capture_output=True, text=True,
                          timeout=120, check=True).stdout
-    assert "refused notes.parquet: column 'text' holds list<element: bool> values" in out
+    assert "refused notes.parquet: column 'text' holds list values" in out
     size, grew = (int(w) for w in out.split()[-3::2])
     assert size < 1_000_000 and grew < 20_000, out  # as text it would be 1.3 GB ("false" + offsets)

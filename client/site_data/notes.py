@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
+from collections.abc import Iterable
 
 import numpy as np
 import pandas as pd
@@ -15,9 +16,23 @@ from client.site_data.tables import undecodable
 _TOKEN = re.compile(r"[a-z0-9]+")
 
 
-def normalise(text: str) -> list[str]:
-    """Unicode NFKC, lower-case, alphanumeric tokens."""
-    return _TOKEN.findall(unicodedata.normalize("NFKC", text).lower())
+def first_tokens(texts: Iterable[str], limit: int) -> list[str]:
+    """The first `limit` tokens of `texts` read in order (Unicode NFKC, lower-case, alphanumeric
+    runs), the same as those of the texts joined by newlines, without tokenising past the limit or
+    joining the texts: one patient's notes can hold millions of tokens (each note is up to the
+    4 MiB record cap, and a patient can have many)."""
+    out: list[str] = []
+    for text in texts:
+        for match in _TOKEN.finditer(unicodedata.normalize("NFKC", text).lower()):
+            out.append(match.group())
+            if len(out) >= limit:
+                return out
+    return out
+
+
+def has_token(text: str) -> bool:
+    """Whether `text` holds at least one token (stops at the first)."""
+    return _TOKEN.search(unicodedata.normalize("NFKC", text).lower()) is not None
 
 
 def token_id(token: str, buckets: int) -> int:
@@ -26,9 +41,10 @@ def token_id(token: str, buckets: int) -> int:
     return 1 + int.from_bytes(digest, "little") % (buckets - 1)
 
 
-def encode(text: str, *, buckets: int, max_tokens: int) -> np.ndarray:
-    """Token ids of the first `max_tokens` tokens, zero-padded to max_tokens."""
-    ids = [token_id(t, buckets) for t in normalise(text)[:max_tokens]]
+def encode(texts: str | Iterable[str], *, buckets: int, max_tokens: int) -> np.ndarray:
+    """Token ids of the first `max_tokens` tokens of `texts` (one text, or notes read in order),
+    zero-padded to max_tokens: int64 [max_tokens]."""
+    ids = [token_id(t, buckets) for t in first_tokens([texts] if isinstance(texts, str) else texts, max_tokens)]
     out = np.zeros(max_tokens, dtype=np.int64)
     out[: len(ids)] = ids
     return out
@@ -53,8 +69,8 @@ def note_tokens(notes: pd.DataFrame, patient_ids: list[str], *, buckets: int, ma
     notes = drop("note for a patient without a label", ~notes["patient_id"].isin(index))
     notes = drop("duplicate note row", notes.duplicated(keep="first"))
     notes = drop("undecodable note (not UTF-8)", undecodable(notes["text"]))
-    notes = drop("empty note", notes["text"].map(lambda t: not normalise(t)).astype(bool))
+    notes = drop("empty note", ~notes["text"].map(has_token).astype(bool))
     tokens = np.zeros((len(patient_ids), max_tokens), dtype=np.int64)
     for pid, texts in notes.groupby("patient_id", sort=False)["text"]:
-        tokens[index[pid]] = encode("\n".join(texts), buckets=buckets, max_tokens=max_tokens)
+        tokens[index[pid]] = encode(texts, buckets=buckets, max_tokens=max_tokens)
     return tokens, problems.nonzero()

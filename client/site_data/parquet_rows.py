@@ -61,6 +61,17 @@ def _as_text(column: pa.Array) -> pa.Array:
     return pc.utf8_trim_whitespace(pc.fill_null(text, ""))
 
 
+def _kind_word(kind: pa.DataType) -> str:
+    """A nested type by its kind only: struct and map field names come from the file (they could
+    be anything an export wrote), so they are never repeated in a message that may be shared."""
+    for test, word in ((pa.types.is_struct, "struct"), (pa.types.is_map, "map"), (pa.types.is_union, "union")):
+        if test(kind):
+            return word
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
+        return "list"
+    return "non-plain"
+
+
 def read_parquet_rows(path: Path, columns: tuple[str, ...], optional: tuple[str, ...], caps: Caps
                       ) -> tuple[pd.DataFrame, Findings]:
     """Rows of `columns` + `optional` (those present), indexed 1..N; Parquet has no malformed rows.
@@ -77,8 +88,8 @@ def read_parquet_rows(path: Path, columns: tuple[str, ...], optional: tuple[str,
     for c in keep:
         kind = footer.schema_arrow.field(c).type
         if not _is_flat(kind):
-            raise SiteDataError(f"{path.name}: column {c!r} holds {kind} values, not one plain value per row; "
-                                "export it as text (a plain column)")
+            raise SiteDataError(f"{path.name}: column {c!r} holds {_kind_word(kind)} values, not one plain value "
+                                "per row; export it as text (a plain column)")
     meta = footer.metadata
     caps.check_rows(path.name, meta.num_rows)
     stored = sum(group.column(j).total_uncompressed_size
