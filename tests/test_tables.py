@@ -384,11 +384,19 @@ def write(rows, value, kind, short=()):  # one value in every row but `short` (1
     text = pa.DictionaryArray.from_arrays(indices, pa.array([value, ok], type=kind))
     pq.write_table(pa.table({"patient_id": [f"A{i % 60 + 1:05d}" for i in range(rows)], "text": text}), path,
                    compression="zstd", row_group_size=rows)
+def write_plain(rows, value, kind):  # as pa.array([value] * rows) writes it: plain pages after the first
+    with pq.ParquetWriter(path, pa.schema({"patient_id": pa.string(), "text": kind}), compression="zstd") as out:
+        for start in range(0, rows, 50):
+            out.write_table(pa.table({"patient_id": [f"A{i % 60 + 1:05d}" for i in range(start, start + 50)],
+                                      "text": pa.array([value] * 50, type=kind)}))
 cases = {"A": (900, b"\\xff" * (1 << 20), pa.binary(), ()),  # 900 MiB, 2.7 GiB as U+FFFD text
          "B": (1500, "x" * (1 << 20), pa.string(), ()),  # 1.5 GiB of valid text
          "long-binary": (300, b"\\xff" * (5 << 20), pa.binary(), (2, 300)),  # values over 4 MiB
          "long-text": (300, "y" * (5 << 20), pa.string(), (1, 150))}
-write(*cases[sys.argv[2]])
+if sys.argv[2].endswith("-plain"):
+    write_plain(*cases[sys.argv[2][:-6]][:3])
+else:
+    write(*cases[sys.argv[2]])
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 try:
     frame, found = read_table(path, ("patient_id", "text"))
@@ -409,9 +417,10 @@ def _expand(tmp_path: Path, case: str) -> tuple[str, int, int]:
     return out, size, grew
 
 
-@pytest.mark.parametrize("case", ["A", "B"])
+@pytest.mark.parametrize("case", ["A", "B", "A-plain", "B-plain"])
 def test_one_mib_repeated_past_the_default_cap_is_refused_before_it_is_expanded(tmp_path: Path, case: str) -> None:
-    """The red team's notes.parquet (933 B / 24 kB): refused by the 512 MiB default from lengths alone."""
+    """The red team's notes.parquet (933 B / 24 kB; '-plain': a writer's plain pages, as theirs were):
+    refused by the 512 MiB default from the values' lengths alone, before any is expanded."""
     out, size, grew = _expand(tmp_path, case)
     assert "refused notes.parquet: its columns expand to more than 512 MiB, the site's limits.max_table_mb" in out
     assert size < 30_000 and grew < 300_000, out  # < 300 MB; expanded it is 0.9 to 2.7 GB
@@ -439,8 +448,8 @@ def test_a_large_parquet_table_under_the_caps_is_read_in_bounded_steps(tmp_path:
     frame, found = read_table(path, COLS)
     assert not found and frame.index.tolist() == list(range(1, 44))
     assert frame["text"].tolist() == [t.decode().strip() for t in texts[:40]] + ["d\ufffdj\ufffd", "", "\ufffd" * 100]
-    assert parquet_rows._steps(np.array([6 << 20] * 6 + [1] * 3)) == [(0, 2), (2, 4), (4, 6), (6, 9)]
-    with pytest.raises(SiteDataError, match=r"notes.parquet: its columns expand to more than 40 MiB"):
+    assert parquet_rows._steps(np.array([6 << 20] * 6 + [1] * 3)) == [(0, 2), (2, 4), (4, 9)]
+    with pytest.raises(SiteDataError, match=r"notes.parquet: its columns hold more than 40 MiB"):
         read_table(path, COLS, limits=SiteLimits(max_table_mb=40))
 
 
