@@ -178,7 +178,7 @@ class SiteLimits:
     cache_mb: int = 4096                 # preprocessing cache quota (least recently used entries go first)
     max_ledger_mechanisms: int = 64      # distinct (sigma, q) pairs a dataset's lifetime may compose
     max_table_rows: int = 5_000_000      # rows (CSV/JSONL records) of one site table: labels, manifest, labs, notes
-    max_table_mb: int = 2048             # MiB of one table: CSV/JSONL file size, Parquet's needed columns as text
+    max_table_mb: int = 512              # MiB of one table: CSV/JSONL file size, Parquet's needed columns as text (held in memory)
     max_dicom_file_mb: int = 1024        # MiB of one DICOM file on disk (checked before it is opened)
     max_dicom_frame_mb: int = 64         # MiB of one decoded frame, and of one compressed frame's bytes
     max_dicom_pixel_data_mb: int = 2048  # MiB of all frames as declared (rows x columns x frames x samples x bits)

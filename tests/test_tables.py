@@ -371,3 +371,91 @@ def test_a_nested_parquet_bomb_is_refused_before_reading(tmp_path: Path) -> None
     assert "refused notes.parquet: column 'text' holds list values" in out
     size, grew = (int(w) for w in out.split()[-3::2])
     assert size < 1_000_000 and grew < 20_000, out  # as text it would be 1.3 GB ("false" + offsets)
+
+
+# --- issue 9 (third pass): one huge Parquet value repeated through a dictionary ---
+
+EXPAND = """
+import resource, sys
+import pyarrow as pa, pyarrow.parquet as pq
+from pathlib import Path
+from client.site_data.errors import SiteDataError
+from client.site_data.tables import read_table
+path = Path(sys.argv[1]) / "notes.parquet"
+def write(rows, value, kind, short=()):  # one value in every row but `short` (1-based), dictionary-encoded
+    ok = b"ok" if kind == pa.binary() else "ok"
+    indices = pa.array([1 if i + 1 in short else 0 for i in range(rows)], pa.int32())
+    text = pa.DictionaryArray.from_arrays(indices, pa.array([value, ok], type=kind))
+    pq.write_table(pa.table({"patient_id": [f"A{i % 60 + 1:05d}" for i in range(rows)], "text": text}), path,
+                   compression="zstd", row_group_size=rows)
+def write_plain(rows, value, kind):  # as pa.array([value] * rows) writes it: plain pages after the first
+    with pq.ParquetWriter(path, pa.schema({"patient_id": pa.string(), "text": kind}), compression="zstd") as out:
+        for start in range(0, rows, 50):
+            out.write_table(pa.table({"patient_id": [f"A{i % 60 + 1:05d}" for i in range(start, start + 50)],
+                                      "text": pa.array([value] * 50, type=kind)}))
+cases = {"A": (900, b"\\xff" * (1 << 20), pa.binary(), ()),  # 900 MiB, 2.7 GiB as U+FFFD text
+         "B": (1500, "x" * (1 << 20), pa.string(), ()),  # 1.5 GiB of valid text
+         "long-binary": (300, b"\\xff" * (5 << 20), pa.binary(), (2, 300)),  # values over 4 MiB
+         "long-text": (300, "y" * (5 << 20), pa.string(), (1, 150))}
+if sys.argv[2].endswith("-plain"):
+    write_plain(*cases[sys.argv[2][:-6]][:3])
+else:
+    write(*cases[sys.argv[2]])
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:
+    frame, found = read_table(path, ("patient_id", "text"))
+    for reason, by in found.rows.items():
+        numbers = sorted(n for nums in by.values() for n in nums)
+        print("counted", reason, len(numbers), numbers[:3], numbers[-1])
+    print("read", frame.index.tolist(), frame["text"].tolist())
+except SiteDataError as exc:
+    print("refused", exc)
+print("size", path.stat().st_size, "grew_kb", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base)
+"""
+
+
+def _expand(tmp_path: Path, case: str) -> tuple[str, int, int]:
+    out = subprocess.run([sys.executable, "-c", EXPAND, str(tmp_path), case], capture_output=True, text=True,
+                         timeout=300, check=True).stdout
+    size, grew = (int(w) for w in out.split()[-3::2])
+    return out, size, grew
+
+
+@pytest.mark.parametrize("case", ["A", "B", "A-plain", "B-plain"])
+def test_one_mib_repeated_past_the_default_cap_is_refused_before_it_is_expanded(tmp_path: Path, case: str) -> None:
+    """The red team's notes.parquet (933 B / 24 kB; '-plain': a writer's plain pages, as theirs were):
+    refused by the 512 MiB default from the values' lengths alone, before any is expanded."""
+    out, size, grew = _expand(tmp_path, case)
+    assert "refused notes.parquet: its columns expand to more than 512 MiB, the site's limits.max_table_mb" in out
+    assert size < 30_000 and grew < 300_000, out  # < 300 MB; expanded it is 0.9 to 2.7 GB
+
+
+@pytest.mark.parametrize("case", ["long-binary", "long-text"])
+def test_values_over_4_mib_are_counted_by_row_and_never_expanded(tmp_path: Path, case: str) -> None:
+    """298 rows of one 5 MiB value (1.5 GiB as text, 4.4 GiB as U+FFFD): counted, the other rows read."""
+    out, size, grew = _expand(tmp_path, case)
+    kept = (2, 300) if case == "long-binary" else (1, 150)
+    longs = [n for n in range(1, 301) if n not in kept]
+    assert f"counted notes.parquet: {LONG_ROW} 298 {longs[:3]} {longs[-1]}" in out, out
+    assert f"read {list(kept)} ['ok', 'ok']" in out, out
+    assert grew < 300_000, out
+
+
+def test_a_large_parquet_table_under_the_caps_is_read_in_bounded_steps(tmp_path: Path) -> None:
+    """40 MiB of 1 MiB values (more than one step of text), invalid UTF-8 as U+FFFD, row numbers kept."""
+    from client.site_data import parquet_rows
+
+    path = tmp_path / "notes.parquet"
+    texts = [(f" note {i} " + "z" * (1 << 20)).encode() for i in range(40)] + [b"d\xe9j\xe0 ", None, b"\xff" * 100]
+    pq.write_table(pa.table({"patient_id": [f"A{i}" for i in range(43)], "text": pa.array(texts, pa.binary())}),
+                   path, row_group_size=10)
+    frame, found = read_table(path, COLS)
+    assert not found and frame.index.tolist() == list(range(1, 44))
+    assert frame["text"].tolist() == [t.decode().strip() for t in texts[:40]] + ["d\ufffdj\ufffd", "", "\ufffd" * 100]
+    assert parquet_rows._steps(np.array([6 << 20] * 6 + [1] * 3)) == [(0, 2), (2, 4), (4, 9)]
+    with pytest.raises(SiteDataError, match=r"notes.parquet: its columns hold more than 40 MiB"):
+        read_table(path, COLS, limits=SiteLimits(max_table_mb=40))
+
+
+def test_the_default_table_cap_keeps_a_site_load_within_memory() -> None:
+    assert SiteLimits().max_table_mb == 512
