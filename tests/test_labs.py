@@ -57,7 +57,9 @@ def test_most_recent_value_inside_the_window_before_index_time_wins() -> None:
     index_time = pd.Series(pd.to_datetime(["2026-01-03T08:00", "2026-01-03T08:00"], utc=True), index=["p1", "p2"])
     values, mask, counts = lab_matrix(labs, ["p1", "p2"], (GLUCOSE,), index_time=index_time, window_hours=72)
     assert values[0, 0] == pytest.approx(standardised(140), abs=1e-4) and mask[:, 0].tolist() == [1, 0]
-    assert counts.dropped == {"measured after the index time": 1, "older than the lab window": 1}
+    assert counts.dropped == {"measured after the index time": 1, "older than the lab window": 1,
+                              "older value of the feature (the most recent one is used)": 1}  # the 90
+    assert counts.used + sum(counts.dropped.values()) == len(labs)  # every row used or counted
 
 
 def test_unit_case_is_forgiven_only_when_unambiguous() -> None:
