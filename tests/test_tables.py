@@ -271,7 +271,7 @@ def test_a_record_over_4_mib_is_counted_by_line_and_the_rows_after_it_are_read(t
 def test_lines_are_cut_at_the_limit_without_splitting_a_crlf(tmp_path: Path) -> None:
     import io
 
-    from client.site_data.encodings import OVERLONG, Utf8Tally
+    from client.site_data.tables.encodings import OVERLONG, Utf8Tally
 
     def split(data: bytes, cr: bool) -> list[str]:
         stream = io.TextIOWrapper(io.BytesIO(data), encoding="utf-8", newline="" if cr else "\n")
@@ -443,7 +443,7 @@ def test_values_over_4_mib_are_counted_by_row_and_never_expanded(tmp_path: Path,
 
 def test_a_large_parquet_table_under_the_caps_is_read_in_bounded_steps(tmp_path: Path) -> None:
     """40 MiB of 1 MiB values (more than one step of text), invalid UTF-8 as U+FFFD, row numbers kept."""
-    from client.site_data import parquet_rows
+    from client.site_data.tables import parquet_rows
 
     path = tmp_path / "notes.parquet"
     texts = [(f" note {i} " + "z" * (1 << 20)).encode() for i in range(40)] + [b"d\xe9j\xe0 ", None, b"\xff" * 100]

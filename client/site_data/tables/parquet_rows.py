@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 
 from client.site_data.errors import SiteDataError
 from client.site_data.findings import Findings
-from client.site_data.rows import LONG, MAX_RECORD_CHARS, Caps, TextColumns
+from client.site_data.tables.rows import LONG, MAX_RECORD_CHARS, Caps, TextColumns
 
 BATCH_ROWS = 65_536
 # The most of the needed columns' stored (uncompressed) bytes read in one batch, as the footer gives

@@ -15,10 +15,10 @@ from collections.abc import Iterable
 
 import pandas as pd
 
-from client.site_data.encodings import OVERLONG
+from client.site_data.tables.encodings import OVERLONG
 from client.site_data.errors import SiteDataError
 from client.site_data.findings import Findings
-from client.site_data.rows import LINES, LONG, Caps, TextColumns
+from client.site_data.tables.rows import LINES, LONG, Caps, TextColumns
 
 BROKEN = "line that is not valid JSON"
 NOT_OBJECT = "JSON line that is not an object"

@@ -17,13 +17,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from client.site_data.csv_rows import read_csv_rows
-from client.site_data.encodings import REPLACEMENT, Utf8Tally, open_text
+from client.site_data.tables.csv_rows import read_csv_rows
+from client.site_data.tables.encodings import REPLACEMENT, Utf8Tally, open_text
 from client.site_data.errors import SiteDataError
 from client.site_data.findings import Findings
-from client.site_data.jsonl_rows import read_jsonl_rows
-from client.site_data.parquet_rows import read_parquet_rows
-from client.site_data.rows import MAX_RECORD_CHARS, Caps
+from client.site_data.tables.jsonl_rows import read_jsonl_rows
+from client.site_data.tables.parquet_rows import read_parquet_rows
+from client.site_data.tables.rows import MAX_RECORD_CHARS, Caps
 from configs.schema import SiteLimits
 
 FORMATS = (".csv", ".parquet", ".jsonl")

@@ -29,10 +29,10 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import pandas as pd
 
-from client.site_data.encodings import OVERLONG
+from client.site_data.tables.encodings import OVERLONG
 from client.site_data.errors import SiteDataError
 from client.site_data.findings import Findings
-from client.site_data.rows import LINES, LONG, MAX_RECORD_CHARS, Caps, TextColumns
+from client.site_data.tables.rows import LINES, LONG, MAX_RECORD_CHARS, Caps, TextColumns
 
 UNCLOSED = "quote opened and never closed (the lines after it were read again as rows)"
 EXTRA = "row with more fields than the header (not used)"
