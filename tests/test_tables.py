@@ -123,6 +123,15 @@ def test_caps_refuse_a_table_by_name_and_say_what_to_do(tmp_path: Path) -> None:
         read_table(bomb, COLS, limits=SiteLimits(max_table_mb=1))
 
 
+def _measure(script: str, tmp_path: Path, *args: str) -> tuple[str, int, int]:
+    """Run a child `script` (which ends by printing "size N grew_kb M"): its output, the size of the
+    file it wrote (bytes) and how much its peak RSS grew while reading it (KB)."""
+    out = subprocess.run([sys.executable, "-c", script, str(tmp_path), *args], capture_output=True, text=True,
+                         timeout=300, check=True).stdout
+    size, grew = (int(w) for w in out.split()[-3::2])
+    return out, size, grew
+
+
 BOMB = """
 import resource, sys
 import pyarrow as pa, pyarrow.parquet as pq
@@ -143,10 +152,8 @@ print("size", path.stat().st_size, "grew_kb", resource.getrusage(resource.RUSAGE
 
 
 def test_a_parquet_row_bomb_is_refused_from_its_footer_without_growing_memory(tmp_path: Path) -> None:
-    out = subprocess.run([sys.executable, "-c", BOMB, str(tmp_path)], capture_output=True, text=True,
-                         timeout=120, check=True).stdout
+    out, size, grew = _measure(BOMB, tmp_path)
     assert "refused labels.parquet: more than 5000000 rows" in out
-    size, grew = (int(w) for w in out.split()[-3::2])
     assert size < 2_000_000 and grew < 50_000, out  # < 50 MB more than after writing it
 
 
@@ -366,10 +373,8 @@ print("size", path.stat().st_size, "grew_kb", resource.getrusage(resource.RUSAGE
 
 
 def test_a_nested_parquet_bomb_is_refused_before_reading(tmp_path: Path) -> None:
-    out = subprocess.run([sys.executable, "-c", NESTED, str(tmp_path)], capture_output=True, text=True,
-                         timeout=120, check=True).stdout
+    out, size, grew = _measure(NESTED, tmp_path)
     assert "refused notes.parquet: column 'text' holds list values" in out
-    size, grew = (int(w) for w in out.split()[-3::2])
     assert size < 1_000_000 and grew < 20_000, out  # as text it would be 1.3 GB ("false" + offsets)
 
 
@@ -414,18 +419,13 @@ print("size", path.stat().st_size, "grew_kb", resource.getrusage(resource.RUSAGE
 """
 
 
-def _expand(tmp_path: Path, case: str) -> tuple[str, int, int]:
-    out = subprocess.run([sys.executable, "-c", EXPAND, str(tmp_path), case], capture_output=True, text=True,
-                         timeout=300, check=True).stdout
-    size, grew = (int(w) for w in out.split()[-3::2])
-    return out, size, grew
 
 
 @pytest.mark.parametrize("case", ["A", "B", "A-plain", "B-plain"])
 def test_one_mib_repeated_past_the_default_cap_is_refused_before_it_is_expanded(tmp_path: Path, case: str) -> None:
     """The red team's notes.parquet (933 B / 24 kB; '-plain': a writer's plain pages, as theirs were):
     refused by the 512 MiB default from the values' lengths alone, before any is expanded."""
-    out, size, grew = _expand(tmp_path, case)
+    out, size, grew = _measure(EXPAND, tmp_path, case)
     assert "refused notes.parquet: its columns expand to more than 512 MiB, the site's limits.max_table_mb" in out
     assert size < 30_000 and grew < 300_000, out  # < 300 MB; expanded it is 0.9 to 2.7 GB
 
@@ -433,7 +433,7 @@ def test_one_mib_repeated_past_the_default_cap_is_refused_before_it_is_expanded(
 @pytest.mark.parametrize("case", ["long-binary", "long-text"])
 def test_values_over_4_mib_are_counted_by_row_and_never_expanded(tmp_path: Path, case: str) -> None:
     """298 rows of one 5 MiB value (1.5 GiB as text, 4.4 GiB as U+FFFD): counted, the other rows read."""
-    out, size, grew = _expand(tmp_path, case)
+    out, size, grew = _measure(EXPAND, tmp_path, case)
     kept = (2, 300) if case == "long-binary" else (1, 150)
     longs = [n for n in range(1, 301) if n not in kept]
     assert f"counted notes.parquet: {LONG_ROW} 298 {longs[:3]} {longs[-1]}" in out, out
