@@ -16,6 +16,7 @@ DEMO_PATIENTS = 2000  # per site: enough for DP-SGD at epsilon 8 to learn the sy
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedclinic", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"fedclinic {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     synth = sub.add_parser("synth", help="write synthetic hospital site folders")
     synth.add_argument("--sites", type=int, default=3)
@@ -47,6 +48,14 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--work", type=Path, default=Path("fedclinic-demo"), help="where the sites go")
     demo.add_argument("overrides", nargs="*", help="extra Hydra overrides")
     return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("fedclinic")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
