@@ -42,6 +42,8 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--state-dir", type=Path, help="the site's state folder (default: beside the data)")
     check.add_argument("--site-config", type=Path, help="site.yaml (default: <folder>/site.yaml)")
     check.add_argument("overrides", nargs="*", help="Hydra overrides of the data settings")
+    from launcher.site_cli import add_parsers as add_site_parsers
+    add_site_parsers(site)
     from launcher.privacy_cli import add_parsers as add_privacy_parsers
     add_privacy_parsers(sub)
     demo = sub.add_parser("demo", help="synthesise three hospitals and run the default experiment")
@@ -70,6 +72,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _synth(args, console)
         if args.command == "run":
             return _run(list(args.overrides), console)
+        if args.command == "site" and args.site_command != "check":
+            from launcher.site_cli import run as site_command
+            return site_command(args, console)
         if args.command == "site":
             return _site_check(args, console)
         if args.command == "privacy":
