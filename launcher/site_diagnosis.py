@@ -15,6 +15,8 @@ from client.node.settings import NodeSettings
 
 ONLINE = "SuperNode ID:"
 RETRYING = "Connection attempt failed, retrying"
+# the runner's per-task lines (client/node/flower_runner.py `record`), echoed on the site's console
+CONSOLE_MARKS = ("runner: REFUSED run ", "runner: task done: ")
 
 
 @dataclass(frozen=True)

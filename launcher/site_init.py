@@ -111,6 +111,7 @@ def init_site(folder: Path, *, name: str, coordinator: str, ca: Path, data: Path
             raise FileExistsError(f"{path} exists; `site init` never overwrites a site's files "
                                   "(use a new folder, or delete the old one deliberately)")
     settings.key.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    settings.state.mkdir(mode=0o700, parents=True, exist_ok=True)  # ledger, cache, logs: the site's only
     private, public_line = node_key_pair(name)
     _write_new(settings.key, private, 0o600)
     _write_new(public_file, (public_line + "\n").encode(), 0o644)

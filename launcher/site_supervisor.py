@@ -23,13 +23,13 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
+from types import FrameType, MappingProxyType
 
 from rich.console import Console
 
 from client.node.approved_apps import read_allow_list
 from client.node.settings import NodeSettings, render_flat_toml, require_files
-from launcher.site_diagnosis import ONLINE, RETRYING, diagnose_supernode, node_id
+from launcher.site_diagnosis import CONSOLE_MARKS, ONLINE, RETRYING, diagnose_supernode, node_id
 from storage.atomic import write_atomic
 from storage.audit_log import append_event
 
@@ -38,10 +38,10 @@ STOP_GRACE_SECONDS = 10.0
 RECLAIM_SECONDS = 90.0  # Flower: a node is online until 2 heartbeats (2 x 30 s) are missed
 WATCH_SECONDS = 0.5
 OUTPUT_KEPT = 64 * 1024  # characters of each child's recent output kept for milestones and diagnosis
-MILESTONES = {"supernode": (("online", ONLINE), ("retrying", RETRYING)),
-              "runner": (("ready", "gated task runner ready"),)}
-FLOWER_ENV = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
-              "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
+MILESTONES = MappingProxyType({"supernode": (("online", ONLINE), ("retrying", RETRYING)),
+                               "runner": (("ready", "gated task runner ready"),)})
+FLOWER_ENV = MappingProxyType({"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
+                               "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"})
 
 
 @dataclass
@@ -52,7 +52,8 @@ class Child:
     process: subprocess.Popen[bytes]
     log: Path
     seen: int = 0  # bytes of the log already scanned (what earlier starts wrote is skipped)
-    output: str = ""  # what this process wrote so far
+    output: str = ""  # what this process wrote recently (OUTPUT_KEPT)
+    partial: str = ""  # an unfinished last line
     events: set[str] = field(default_factory=set)
 
 
@@ -211,7 +212,9 @@ class _Site:
                          _spawn("runner", self.runner_argv, logs / "runner.log", self.settings)]
         while True:
             for child in self.children:
-                child.output = (child.output + _new_output(child))[-OUTPUT_KEPT:]
+                text = _new_output(child)
+                child.output = (child.output + text)[-OUTPUT_KEPT:]
+                self._echo(child, text)
                 for event, needle in MILESTONES[child.name]:
                     if needle in child.output and event not in child.events:
                         child.events.add(event)
@@ -223,6 +226,14 @@ class _Site:
                 if not self._restarted(index, child):
                     return self._exited(child, code)
             time.sleep(WATCH_SECONDS)
+
+    def _echo(self, child: Child, text: str) -> None:
+        """Show the runner's task lines (answered, refused) on the console too."""
+        lines = (child.partial + text).split("\n")
+        child.partial = lines.pop()[-OUTPUT_KEPT:]
+        for line in lines:
+            if child.name == "runner" and any(mark in line for mark in CONSOLE_MARKS):
+                self.say(line, "yellow" if "REFUSED" in line else None)
 
     def _milestone(self, event: str, output: str) -> str:
         after = f"{time.monotonic() - self.started:.1f} s after start"

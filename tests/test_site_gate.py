@@ -21,10 +21,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pandas as pd
 import pytest
 from flwr.cli.build import build_fab_from_disk
+from flwr.proto.runtime_pb2 import AcquireTaskRequest  # pylint: disable=E0611
+from flwr.supercore.constant import TaskType
+from flwr.supercore.runtime import RuntimeHttpClient
 
+from client.node.settings import load_node_settings
 from launcher.release_app import write_release_app
 from pki import make_pki
 from storage.audit_log import read_events
@@ -153,6 +158,19 @@ def test_an_unregistered_site_is_told_to_send_its_public_key(deployment: Deploym
     assert refused["reason"] == "activation-refused"
 
 
+def test_a_site_whose_ca_did_not_sign_the_coordinator_says_so(deployment: Deployment) -> None:
+    other = make_pki(deployment.tmp / "other-pki", "another CA")
+    node, address = deployment.tmp / "node-other-ca", load_node_settings(deployment.node).coordinator
+    assert deployment.fedclinic("site", "init", str(node), "--name", "site-x", "--coordinator", address, "--ca",
+                                str(other["ca.crt"]), "--data", str(deployment.data), "--runtime-port",
+                                str(free_port())).returncode == 0
+    done = deployment.fedclinic("site", "start", str(node))
+    assert done.returncode == 1 and "the supernode exited" in done.stdout, done.stdout + done.stderr
+    assert f"the coordinator's certificate is not signed by {node / 'ca.crt'}" in done.stdout
+    events = read_events(node / "state" / "audit.jsonl").events
+    assert [e["reason"] for e in events if e["event"] == "connection-refused"] == ["tls-verify-failed"]
+
+
 def test_the_release_bundle_trains_and_the_site_records_the_run(deployment: Deployment) -> None:
     digest = write_release_app(deployment.tmp / "release")
     done = deployment.flwr_run(deployment.tmp / "release", "-c", 'overrides="rounds=1 train.local_epochs=1 '
@@ -168,6 +186,7 @@ def test_the_release_bundle_trains_and_the_site_records_the_run(deployment: Depl
     tasks = {e["phase"]: e for e in deployment.audit("task") if e["run"] == run}
     assert tasks["train"]["outcome"] == "replied" and tasks["train"]["round"] == 1
     assert float(tasks["train"]["epsilon"]) > 0 and "evaluate" in tasks  # type: ignore[arg-type]
+    assert f"task done: run {run} train round 1: replied" in deployment.site_out.read_text()
 
 
 def evil_copy(deployment: Deployment, name: str) -> tuple[Path, str]:
@@ -194,6 +213,7 @@ def test_an_unapproved_bundle_is_refused_before_any_of_its_code_runs(deployment:
     assert digest in [e["app_sha256"] for e in deployment.audit("app-refused")]
     runner_log = (deployment.state / "logs" / "runner.log").read_text()
     assert f"fedclinic site approve {deployment.node / 'node.toml'} {digest}" in runner_log
+    assert f"REFUSED run" in deployment.site_out.read_text()  # on the site's console too
 
 
 def test_an_approved_foreign_bundle_still_runs_only_the_installed_clientapp(deployment: Deployment) -> None:
@@ -211,6 +231,18 @@ def test_an_approved_foreign_bundle_still_runs_only_the_installed_clientapp(depl
     assert digest in [e["app_sha256"] for e in deployment.audit("run-joined")]
     assert [e["error_code"] for e in deployment.audit("task") if e["phase"] == "query"] == [603, 603]
     assert deployment.audit("app-approved")[-1]["app_sha256"] == digest
+
+
+def test_only_the_sites_runner_may_take_tasks_and_only_from_loopback(deployment: Deployment) -> None:
+    port = load_node_settings(deployment.node).runtime_port
+    listening = {line.split()[1] for table in ("/proc/net/tcp", "/proc/net/tcp6")
+                 for line in Path(table).read_text().splitlines()[1:] if line.split()[3] == "0A"}
+    assert {a for a in listening if a.endswith(f":{port:04X}")} == {f"0100007F:{port:04X}"}
+    stranger = RuntimeHttpClient.from_server_address(server_address=f"127.0.0.1:{port}", insecure=True,
+                                                     root_certificates=None, interceptors=[])
+    with pytest.raises(httpx.HTTPStatusError) as refused:  # no runtime secret: no task
+        stranger.AcquireTask(AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP]))
+    assert refused.value.response.status_code == 401
 
 
 def test_a_killed_supervisor_takes_its_supernode_and_runner_with_it(deployment: Deployment) -> None:

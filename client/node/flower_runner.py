@@ -84,7 +84,7 @@ def record(settings: NodeSettings, outcome: TaskOutcome, joined: set[int]) -> No
     fields |= {"error_code": outcome.error_code} if outcome.error_code is not None else {}
     fields |= {"epsilon": outcome.epsilon} if outcome.epsilon is not None else {}
     append_event(settings.audit_log, "task", fields)
-    log.info("run %s %s round %s: %s in %.2f s (ClientApp %.2f s, runner overhead %.3f s)", run,
+    log.info("task done: run %s %s round %s: %s in %.2f s (ClientApp %.2f s, runner overhead %.3f s)", run,
              outcome.message_type, outcome.server_round, "replied" if outcome.error_code is None
              else f"error {outcome.error_code}", outcome.seconds, outcome.app_seconds,
              outcome.seconds - outcome.app_seconds)

@@ -22,18 +22,20 @@ from __future__ import annotations
 import json
 import re
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 
 SITE_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 HOST = re.compile(r"\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
 NODE_TOML = "node.toml"
-KEYS: dict[str, dict[str, type]] = {
-    "site": {"name": str, "data": str, "state": str, "site-config": str},
-    "coordinator": {"address": str, "ca": str},
-    "node": {"key": str, "runtime-port": int, "approved-apps": str},
-}
-OPTIONAL = {("site", "site-config")}
+KEYS: Mapping[str, Mapping[str, type]] = MappingProxyType({
+    "site": MappingProxyType({"name": str, "data": str, "state": str, "site-config": str}),
+    "coordinator": MappingProxyType({"address": str, "ca": str}),
+    "node": MappingProxyType({"key": str, "runtime-port": int, "approved-apps": str}),
+})
+OPTIONAL = frozenset({("site", "site-config")})
 
 
 class NodeSettingsError(ValueError):
