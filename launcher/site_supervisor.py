@@ -29,6 +29,7 @@ from rich.console import Console
 
 from client.node.approved_apps import read_allow_list
 from client.node.settings import NodeSettings, render_flat_toml, require_files
+from launcher.release_app import release_fab, release_version
 from launcher.site_diagnosis import CONSOLE_MARKS, ONLINE, RETRYING, diagnose_supernode, node_id
 from storage.atomic import write_atomic
 from storage.audit_log import append_event
@@ -172,8 +173,11 @@ def start_site(settings: NodeSettings, console: Console) -> int:
                  retry_until=time.monotonic() + (RECLAIM_SECONDS if unclean else 0))
     site.say(f"fedclinic site {settings.name}: coordinator {settings.coordinator} (CA {settings.ca}), "
              f"runtime API {settings.runtime_address}, {len(approved)} approved app bundle(s); logs in {settings.logs}")
-    if not approved:
-        site.say(f"{settings.approved_apps} approves no app bundle: this site will refuse every run", "yellow")
+    installed = release_fab()[1]
+    if installed not in approved:
+        site.say(f"the installed fedclinic {release_version()} (app bundle sha256 {installed}) is not on the "
+                 f"allow-list {settings.approved_apps}: runs of it will be refused. To take part in them: "
+                 f"fedclinic site approve {settings.file} {installed}", "yellow")
     if unclean:
         site.say("the previous `site start` did not stop cleanly: the coordinator may hold this node online for "
                  f"up to a minute, so a refused activation is retried for {RECLAIM_SECONDS:.0f} s")

@@ -137,7 +137,8 @@ def deployment(tmp_path_factory: pytest.TempPathFactory, ledger_mark_store: Path
                                     timeout=120, cwd=tmp)
         assert "registered successfully" in registered.stdout, registered.stdout + registered.stderr
         with dep.site_out.open("wb") as out:
-            site = subprocess.Popen([sys.executable, "-m", "launcher.cli", "site", "start", str(dep.node / "node.toml")],
+            site = subprocess.Popen([sys.executable, "-m", "launcher.cli", "site", "start",
+                                     str(dep.node / "node.toml")],
                                     stdout=out, stderr=subprocess.STDOUT, cwd=tmp, start_new_session=True)
         dep.site = site
         wait_for(dep.site_out, "online at the coordinator", 180, site)
@@ -164,7 +165,9 @@ def test_a_site_whose_ca_did_not_sign_the_coordinator_says_so(deployment: Deploy
     assert deployment.fedclinic("site", "init", str(node), "--name", "site-x", "--coordinator", address, "--ca",
                                 str(other["ca.crt"]), "--data", str(deployment.data), "--runtime-port",
                                 str(free_port())).returncode == 0
+    (node / "approved-apps.txt").write_text("# nothing approved\n")
     done = deployment.fedclinic("site", "start", str(node))
+    assert f"is not on the allow-list {node / 'approved-apps.txt'}: runs of it will be refused" in done.stdout
     assert done.returncode == 1 and "the supernode exited" in done.stdout, done.stdout + done.stderr
     assert f"the coordinator's certificate is not signed by {node / 'ca.crt'}" in done.stdout
     events = read_events(node / "state" / "audit.jsonl").events
@@ -227,6 +230,7 @@ def test_an_approved_foreign_bundle_still_runs_only_the_installed_clientapp(depl
         assert "Error(code=603, reason='internal error at the site; see the site log')" in output, output[-3000:]
         assert_nothing_left_the_site(deployment, output)
     assert deployment.site_files() == before
+    assert not (deployment.state / "flwr-home" / "apps").exists()  # no bundle was ever installed at the site
     assert deployment.children() == runner and len(deployment.audit("runner-started")) == 1
     assert digest in [e["app_sha256"] for e in deployment.audit("run-joined")]
     assert [e["error_code"] for e in deployment.audit("task") if e["phase"] == "query"] == [603, 603]

@@ -117,6 +117,11 @@ def serve(settings: NodeSettings, secret: bytes, app: ClientApp) -> None:
                 if not unreachable:
                     log.info("waiting for the SuperNode's runtime API at %s", settings.runtime_address)
                 unreachable, acquired = True, None
+            except RunnerRefused:
+                raise
+            except Exception:  # an odd answer from the SuperNode must not stop the site
+                log.exception("asking the SuperNode for a task failed; trying again")
+                acquired = None
             else:
                 if unreachable:
                     log.info("connected to the SuperNode's runtime API at %s", settings.runtime_address)

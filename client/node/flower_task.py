@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,7 +103,9 @@ def _epsilon(reply: Message) -> float | None:
         return None
     metrics = reply.content.metric_records.get("metrics")
     value = metrics.get("epsilon") if metrics is not None else None
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        return None
+    return float(value)
 
 
 def approved_hashes(allow_list: Path) -> frozenset[str]:
