@@ -110,7 +110,8 @@ def main(grid: Grid, context: Context) -> None:
                                min_evaluate_nodes=s.min_nodes, min_available_nodes=s.min_nodes)
     with recorder.live():
         result = strategy.start(grid=grid, initial_arrays=initial, num_rounds=cfg.rounds,
-                                train_config=ConfigRecord(), evaluate_config=ConfigRecord())
+                                timeout=s.round_timeout, train_config=ConfigRecord(),
+                                evaluate_config=ConfigRecord())
     save_checkpoint(run_dir, {k: v.numpy() for k, v in result.arrays.items()}, cfg.rounds)
     write_json(run_dir / SUMMARY, build_summary(cfg, recorder, run_dir.name, context.run_id))
     recorder.console.print(recorder.table())
