@@ -71,7 +71,8 @@ def _init(args: argparse.Namespace, console: Console) -> int:
                   f"  server certificate for {', '.join(settings.hosts)} ({SERVER_DAYS} days; CA {CA_DAYS} days)\n"
                   f"  fence (site-facing) {settings.fence}; SuperLink (loopback) {settings.superlink}\n"
                   f"  send sites {folder.ca_cert} (CA SHA-256 {ca.sha256}); never ca.key or server.key\n"
-                  f"next: fedclinic coordinator start {folder.root}", soft_wrap=True, highlight=False)
+                  f"next: fedclinic coordinator start {folder.root}", soft_wrap=True, highlight=False, markup=False,
+                  emoji=False)
     return 0
 
 
@@ -118,7 +119,7 @@ def _audit(args: argparse.Namespace, console: Console) -> int:
         rest = {k: v for k, v in event.items() if k not in ("time", "event")}
         console.print(f"{event.get('time', '?')}  {event.get('event', '?'):<18} "
                       f"{' '.join(f'{k}={json.dumps(v)}' for k, v in sorted(rest.items()))}",
-                      soft_wrap=True, highlight=False, markup=False)
+                      soft_wrap=True, highlight=False, markup=False, emoji=False)
     console.print(f"{len(events.events)} events in {log}" + (f"; {events.torn_lines} torn line(s) skipped "
                   "(a write cut short by a crash)" if events.torn_lines else ""), highlight=False)
     return 0
@@ -146,7 +147,7 @@ def _inspect(path: Path, console: Console) -> int:
                   f"  CA:          {'yes' if info.is_ca else 'no'}\n  SANs:        {', '.join(sans) or '-'}\n"
                   f"  not before:  {info.not_before:%Y-%m-%d %H:%M:%S} UTC\n"
                   f"  not after:   {info.not_after:%Y-%m-%d %H:%M:%S} UTC\n  SHA-256:     {info.sha256}",
-                  soft_wrap=True, highlight=False, markup=False)
+                  soft_wrap=True, highlight=False, markup=False, emoji=False)
     days = info.days_left()
     if days < 0:
         console.print(f"[red]EXPIRED {-days:.0f} days ago: renew it (docs/deployment.md, rotation)[/red]",
@@ -154,7 +155,7 @@ def _inspect(path: Path, console: Console) -> int:
         return 1
     if days < WARN_DAYS:
         console.print(f"[yellow]WARNING: expires in {days:.1f} days (less than {WARN_DAYS}): renew it soon "
-                      "(docs/deployment.md, rotation)[/yellow]", highlight=False)
+                      "(docs/deployment.md, rotation)[/yellow]", highlight=False, soft_wrap=True)
     return 0
 
 

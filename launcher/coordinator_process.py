@@ -267,7 +267,7 @@ def _announce(console: Console, folder: CoordinatorFolder, settings: Coordinator
                   f"{folder.home / 'config.toml'})\n"
                   f"  CA fingerprint (SHA-256): {ca.sha256}\n"
                   f"  logs: {folder.superlink_log}, {folder.fence_error_log}, {folder.fence_access_log}\n"
-                  f"  stop: Ctrl-C, or kill -TERM {os.getpid()}", soft_wrap=True, highlight=False, markup=False)
+                  f"  stop: Ctrl-C, or kill -TERM {os.getpid()}", soft_wrap=True, highlight=False, markup=False, emoji=False)
 
 
 def _supervise(children: list[Child], stop: threading.Event) -> Child | None:
