@@ -130,11 +130,12 @@ def _renew(args: argparse.Namespace, console: Console) -> int:
     from storage.audit_log import append_event
     folder = CoordinatorFolder.at(args.dir)
     info = renew_server_cert(folder)
-    append_event(folder.audit_log, "server-cert-renewed", {"sha256": info.sha256, "hosts": [*info.dns_names,
-                                                           *info.ip_addresses], "not_after": info.not_after.isoformat()})
-    console.print(f"new {folder.server_cert} for {', '.join((*info.dns_names, *info.ip_addresses))}, valid until "
-                  f"{info.not_after:%Y-%m-%d}; restart the coordinator to use it (sites keep their ca.crt)",
-                  soft_wrap=True, highlight=False)
+    hosts = [*info.dns_names, *info.ip_addresses]
+    append_event(folder.audit_log, "server-cert-renewed", {"sha256": info.sha256, "hosts": hosts,
+                                                           "not_after": info.not_after.isoformat()})
+    console.print(f"new {folder.server_cert} for {', '.join(hosts)}, valid until {info.not_after:%Y-%m-%d}; "
+                  "restart the coordinator to use it (sites keep their ca.crt)", soft_wrap=True, highlight=False,
+                  markup=False)
     return 0
 
 

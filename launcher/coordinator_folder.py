@@ -20,6 +20,8 @@ from server.coordinator_settings import FILE_NAME, CoordinatorSettings, load_set
 from storage.atomic import write_atomic
 
 CONNECTION = "fedclinic"  # the `flwr` CLI connection in DIR/home/config.toml
+FLOWER_ENV = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
+              "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
 
 
 @dataclass(frozen=True)
@@ -32,27 +34,82 @@ class CoordinatorFolder:
     def at(cls, root: Path) -> CoordinatorFolder:
         return cls(root.expanduser().resolve())
 
-    settings_file = property(lambda self: self.root / FILE_NAME)
-    certs = property(lambda self: self.root / "certs")
-    ca_cert = property(lambda self: self.certs / "ca.crt")
-    ca_key = property(lambda self: self.certs / "ca.key")
-    server_cert = property(lambda self: self.certs / "server.pem")
-    server_key = property(lambda self: self.certs / "server.key")
-    state = property(lambda self: self.root / "state")
-    database = property(lambda self: self.state / "superlink.db")
-    pid_file = property(lambda self: self.state / "coordinator.pid")
-    fence = property(lambda self: self.state / "fence")
-    runs = property(lambda self: self.root / "runs")
-    logs = property(lambda self: self.root / "logs")
-    superlink_log = property(lambda self: self.logs / "superlink.log")
-    fence_error_log = property(lambda self: self.logs / "fence-error.log")
-    fence_access_log = property(lambda self: self.logs / "fence-access.log")
-    home = property(lambda self: self.root / "home")
-    audit_log = property(lambda self: self.root / "audit.jsonl")
+    @property
+    def settings_file(self) -> Path:
+        return self.root / FILE_NAME
+
+    @property
+    def certs(self) -> Path:
+        return self.root / "certs"
+
+    @property
+    def ca_cert(self) -> Path:
+        return self.certs / "ca.crt"
+
+    @property
+    def ca_key(self) -> Path:
+        return self.certs / "ca.key"
+
+    @property
+    def server_cert(self) -> Path:
+        return self.certs / "server.pem"
+
+    @property
+    def server_key(self) -> Path:
+        return self.certs / "server.key"
+
+    @property
+    def state(self) -> Path:
+        return self.root / "state"
+
+    @property
+    def database(self) -> Path:
+        return self.state / "superlink.db"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.state / "coordinator.pid"
+
+    @property
+    def fence(self) -> Path:
+        return self.state / "fence"
+
+    @property
+    def runs(self) -> Path:
+        return self.root / "runs"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def superlink_log(self) -> Path:
+        return self.logs / "superlink.log"
+
+    @property
+    def fence_error_log(self) -> Path:
+        return self.logs / "fence-error.log"
+
+    @property
+    def fence_access_log(self) -> Path:
+        return self.logs / "fence-access.log"
+
+    @property
+    def home(self) -> Path:
+        return self.root / "home"
+
+    @property
+    def audit_log(self) -> Path:
+        return self.root / "audit.jsonl"
 
     def settings(self) -> CoordinatorSettings:
         """coordinator.toml, checked (SettingsError names the file and field)."""
         return load_settings(self.settings_file)
+
+    def flower_env(self) -> dict[str, str]:
+        """The environment of every Flower process and `flwr` call of this coordinator (own FLWR_HOME,
+        no telemetry, no update check, no runtime dependency installation)."""
+        return {**os.environ, **FLOWER_ENV, "FLWR_HOME": str(self.home)}
 
     def make_dirs(self) -> None:
         """Create the folders the coordinator writes into (owner-only where keys or state live)."""

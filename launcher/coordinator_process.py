@@ -16,17 +16,16 @@ import os
 import signal
 import ssl
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
 
+from launcher.child_processes import Child, log_tail, spawn, tool
 from launcher.coordinator_folder import CONNECTION, CoordinatorFolder
 from launcher.fence import fence_command, render_fence
 from server.certificates import describe, load_cert
@@ -35,105 +34,10 @@ from storage.audit_log import append_event
 
 SUPERLINK_WAIT_S = 90.0  # flower-superlink imports FastAPI and Flower first: ~6 s on 2 idle cores
 FENCE_WAIT_S = 20.0
-STOP_WAIT_S = 15.0
-FLOWER_ENV = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
-              "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
 
 
 class StartError(RuntimeError):
     """A child did not come up (the message names it and quotes its log)."""
-
-
-@dataclass
-class Child:
-    """A started child process: the leader of its own process group."""
-
-    name: str
-    process: subprocess.Popen[bytes]
-    log: Path
-
-    def stop(self) -> None:
-        """SIGTERM to the group; SIGKILL to what is left after STOP_WAIT_S. Descendants that left
-        the group (Flower starts flower-superexec in a session of its own) get the same, by PID."""
-        strays = descendants(self.process.pid)
-        for sig, wait in ((signal.SIGTERM, STOP_WAIT_S), (signal.SIGKILL, 5.0)):
-            _signal_all(self.process.pid, strays, sig)
-            deadline = time.monotonic() + wait
-            while time.monotonic() < deadline and (_group_alive(self.process.pid) or _any_alive(strays)):
-                self.process.poll()
-                time.sleep(0.1)
-            self.process.poll()
-            if not _group_alive(self.process.pid) and not _any_alive(strays):
-                break
-        self.process.wait()
-
-
-def descendants(pid: int) -> list[int]:
-    """PIDs of every live descendant of `pid` (from /proc; Linux)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])
-            children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
-def _signal_all(pgid: int, pids: list[int], sig: signal.Signals) -> None:
-    for send, target in ((os.killpg, pgid), *((os.kill, p) for p in pids)):
-        try:
-            send(target, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-        return True
-    except ProcessLookupError:
-        return False
-
-
-def _any_alive(pids: list[int]) -> bool:
-    alive = False
-    for pid in pids:
-        try:
-            os.waitpid(pid, os.WNOHANG)  # only succeeds for our own children; else ChildProcessError
-        except ChildProcessError:
-            pass
-        try:
-            os.kill(pid, 0)
-            alive = alive or not _is_zombie(pid)
-        except ProcessLookupError:
-            pass
-    return alive
-
-
-def _is_zombie(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return False
-
-
-def tool(name: str) -> str:
-    """A console script of this Python environment (flower-superlink, flwr), else from PATH."""
-    beside = Path(sys.executable).parent / name
-    return str(beside) if beside.exists() else name
-
-
-def flower_env(folder: CoordinatorFolder) -> dict[str, str]:
-    """The environment of every Flower process and `flwr` call for this coordinator."""
-    return {**os.environ, **FLOWER_ENV, "FLWR_HOME": str(folder.home)}
 
 
 def superlink_command(folder: CoordinatorFolder, settings: CoordinatorSettings) -> list[str]:
@@ -141,24 +45,6 @@ def superlink_command(folder: CoordinatorFolder, settings: CoordinatorSettings) 
             str(folder.server_cert), "--ssl-keyfile", str(folder.server_key), "--enable-supernode-auth",
             "--database", str(folder.database), "--disable-runtime-dependency-installation",
             "--isolation", "subprocess", "--host", settings.superlink.host, "--port", str(settings.superlink.port)]
-
-
-def _spawn(name: str, command: list[str], log: Path, folder: CoordinatorFolder) -> Child:
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("ab") as out:
-        out.write(f"\n--- fedclinic coordinator: starting {name} at {time.strftime('%Y-%m-%dT%H:%M:%S%z')}\n".encode())
-        out.flush()
-        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                   cwd=folder.root, env=flower_env(folder), start_new_session=True)
-    return Child(name, process, log)
-
-
-def log_tail(path: Path, lines: int = 20) -> str:
-    """The last `lines` lines of a log (empty if it cannot be read)."""
-    try:
-        return "\n".join(path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
 
 
 def _https(host: str, port: int, ca: Path, path: str, *, timeout: float = 5.0) -> int:
@@ -235,7 +121,8 @@ def _stop_signals() -> Iterator[threading.Event]:
 
 def _start_children(folder: CoordinatorFolder, settings: CoordinatorSettings, children: list[Child],
                     stop: threading.Event) -> None:
-    superlink = _spawn("flower-superlink", superlink_command(folder, settings), folder.superlink_log, folder)
+    superlink = spawn("flower-superlink", superlink_command(folder, settings), folder.superlink_log, folder.root,
+                      folder.flower_env())
     children.append(superlink)
     _wait_until(superlink, "/", settings.superlink.host, settings.superlink.port, folder.ca_cert,
                 SUPERLINK_WAIT_S, stop)
@@ -243,7 +130,8 @@ def _start_children(folder: CoordinatorFolder, settings: CoordinatorSettings, ch
     check = subprocess.run(fence_command(folder, conf, test=True), capture_output=True, text=True, cwd=folder.root)
     if check.returncode != 0:
         raise StartError(f"nginx refused {conf}:\n{check.stderr.strip() or log_tail(folder.fence_error_log)}")
-    fence = _spawn("nginx (fence)", fence_command(folder, conf), folder.fence_error_log, folder)
+    fence = spawn("nginx (fence)", fence_command(folder, conf), folder.fence_error_log, folder.root,
+                  folder.flower_env())
     children.append(fence)
     host = _probe_host(settings)
     status = _wait_until(fence, "/v1/control/list-runs", host, settings.fence.port, folder.ca_cert, FENCE_WAIT_S, stop)
@@ -267,7 +155,8 @@ def _announce(console: Console, folder: CoordinatorFolder, settings: Coordinator
                   f"{folder.home / 'config.toml'})\n"
                   f"  CA fingerprint (SHA-256): {ca.sha256}\n"
                   f"  logs: {folder.superlink_log}, {folder.fence_error_log}, {folder.fence_access_log}\n"
-                  f"  stop: Ctrl-C, or kill -TERM {os.getpid()}", soft_wrap=True, highlight=False, markup=False, emoji=False)
+                  f"  stop: Ctrl-C, or kill -TERM {os.getpid()}", soft_wrap=True, highlight=False, markup=False,
+                  emoji=False)
 
 
 def _supervise(children: list[Child], stop: threading.Event) -> Child | None:

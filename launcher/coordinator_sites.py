@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_ssh_public_key
 
 from launcher.coordinator_folder import CONNECTION, CoordinatorFolder
-from launcher.coordinator_process import flower_env, tool
+from launcher.child_processes import tool
 from storage.audit_log import append_event, read_events
 
 SITE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")
@@ -84,7 +84,7 @@ def flwr_json(folder: CoordinatorFolder, *args: str) -> dict[str, object]:
     folder.write_flwr_connection(folder.settings())
     command = [tool("flwr"), *args, CONNECTION, "--format", "json"]
     try:
-        done = subprocess.run(command, capture_output=True, text=True, env=flower_env(folder), cwd=folder.root,
+        done = subprocess.run(command, capture_output=True, text=True, env=folder.flower_env(), cwd=folder.root,
                               timeout=FLWR_TIMEOUT_S, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired as exc:
         raise SiteCommandError(f"`flwr {' '.join(args[:2])}` did not answer within {FLWR_TIMEOUT_S} s") from exc

@@ -17,11 +17,10 @@ import time
 from pathlib import Path
 
 from rich.console import Console
-from rich.markup import escape
 
 from configs.load import load_experiment
 from launcher.coordinator_folder import CONNECTION, CoordinatorFolder
-from launcher.coordinator_process import flower_env, tool
+from launcher.child_processes import tool
 from launcher.release_app import release_version, write_release_app
 from server.run_folder import SUMMARY, create_run_folder
 from storage.audit_log import append_event
@@ -55,7 +54,7 @@ def _submit(folder: CoordinatorFolder, final: list[str], run_dir: Path) -> int:
         append_event(folder.audit_log, "run-submitted", {"run_folder": run_dir.name, "app_sha256": app_sha256,
                                                          "release": release_version(), "overrides": final})
         command = [tool("flwr"), "run", str(app), CONNECTION, "--stream", "-c", str(run_config)]
-        return subprocess.run(command, env=flower_env(folder), cwd=tmp, stdin=subprocess.DEVNULL).returncode
+        return subprocess.run(command, env=folder.flower_env(), cwd=tmp, stdin=subprocess.DEVNULL).returncode
 
 
 def run_federation(root: Path, overrides: list[str], console: Console) -> int:
@@ -72,15 +71,15 @@ def run_federation(root: Path, overrides: list[str], console: Console) -> int:
         run_dir.rmdir()
         raise
     console.print(f"fedclinic: submitting release {release_version()} to {settings.superlink} "
-                  f"(run folder {run_dir})", soft_wrap=True, highlight=False)
+                  f"(run folder {run_dir})", soft_wrap=True, highlight=False, markup=False)
     started = time.perf_counter()
     code = _submit(folder, final, run_dir)
     summary_path = run_dir / SUMMARY
     if not summary_path.is_file():
         append_event(folder.audit_log, "run-failed", {"run_folder": run_dir.name, "flwr_exit_code": code})
-        console.print(escape(f"the run ended without a summary (flwr exit code {code}); see the output above and "
-                             f"{folder.superlink_log}. Run folder: {run_dir}"), style="red", soft_wrap=True,
-                      highlight=False)
+        console.print(f"the run ended without a summary (flwr exit code {code}); see the output above and "
+                      f"{folder.superlink_log}. Run folder: {run_dir}", style="red", soft_wrap=True, highlight=False,
+                      markup=False)
         return 1
     summary = json.loads(summary_path.read_text(encoding="utf-8"))
     auroc = summary.get("final_auroc")
@@ -88,5 +87,6 @@ def run_federation(root: Path, overrides: list[str], console: Console) -> int:
                                                     "flower_run_id": summary.get("flower_run_id"),
                                                     "final_auroc": auroc})
     console.print(f"final AUROC {'-' if auroc is None else f'{auroc:.3f}'}, wall time "
-                  f"{time.perf_counter() - started:.0f} s, run folder {run_dir}", soft_wrap=True, highlight=False)
+                  f"{time.perf_counter() - started:.0f} s, run folder {run_dir}", soft_wrap=True, highlight=False,
+                  markup=False)
     return 0

@@ -30,7 +30,8 @@ SERVER_DAYS = 825
 WARN_DAYS = 30  # `certs inspect` warns when a certificate expires sooner than this
 KEY_MODE = 0o600
 CERT_MODE = 0o644
-_DNS_NAME = re.compile(r"(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*")
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_DNS_NAME = re.compile(rf"(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*")  # RFC 1123 host names
 
 SubjectName = x509.DNSName | x509.IPAddress
 

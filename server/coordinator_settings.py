@@ -101,7 +101,8 @@ def load_settings(path: Path) -> CoordinatorSettings:
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
-        raise SettingsError(f"{path}: not found; make the coordinator folder with `fedclinic coordinator init`") from exc
+        raise SettingsError(f"{path}: not found; make the coordinator folder with "
+                            "`fedclinic coordinator init`") from exc
     except (OSError, UnicodeDecodeError) as exc:
         raise SettingsError(f"{path}: cannot read ({exc})") from exc
     except tomllib.TOMLDecodeError as exc:
@@ -146,5 +147,6 @@ def _checked(s: CoordinatorSettings, where: str) -> CoordinatorSettings:
         raise SettingsError(f"{where}: [fence] listen: port {s.fence.port} is the SuperLink's; choose another")
     high = RELEASE_MAXIMA["strategy.round_timeout"]
     if not 1 <= s.round_timeout <= high:
-        raise SettingsError(f"{where}: [runs] round_timeout: must be in [1, {high:g}] seconds (got {s.round_timeout:g})")
+        raise SettingsError(f"{where}: [runs] round_timeout: must be in [1, {high:g}] seconds "
+                            f"(got {s.round_timeout:g})")
     return s

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 
-from launcher.coordinator_process import FLOWER_ENV, descendants
+from launcher.child_processes import descendants
+from launcher.coordinator_folder import FLOWER_ENV
 from server.certificates import new_key
 
 BIN = Path(sys.executable).parent

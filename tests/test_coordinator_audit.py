@@ -96,7 +96,8 @@ def test_site_keys_must_be_openssh_ecdsa_public_keys(tmp_path: Path) -> None:
     assert key.line.startswith("ecdsa-sha2-nistp384 ") and key.fingerprint.startswith("SHA256:")
     with pytest.raises(ValueError, match="never the private key"):
         read_site_key(private)
-    (tmp_path / "ed.pub").write_text("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHhJ4Y2mKeqTO5mDq7uDqXHnLzpu3OzGI1Czb0y8aMJQ x\n")
+    (tmp_path / "ed.pub").write_text("ssh-ed25519 "
+                                     "AAAAC3NzaC1lZDI1NTE5AAAAIHhJ4Y2mKeqTO5mDq7uDqXHnLzpu3OzGI1Czb0y8aMJQ x\n")
     with pytest.raises(ValueError, match="needs an ECDSA key"):
         read_site_key(tmp_path / "ed.pub")
     with pytest.raises(ValueError, match="cannot read"):
