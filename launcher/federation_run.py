@@ -73,12 +73,22 @@ def run_federation(root: Path, overrides: list[str], console: Console) -> int:
     console.print(f"fedclinic: submitting release {release_version()} to {settings.superlink} "
                   f"(run folder {run_dir})", soft_wrap=True, highlight=False, markup=False)
     started = time.perf_counter()
-    code = _submit(folder, final, run_dir)
+    try:
+        code = _submit(folder, final, run_dir)
+    except KeyboardInterrupt:
+        append_event(folder.audit_log, "run-detached", {"run_folder": run_dir.name})
+        console.print(f"interrupted: the run may go on at the SuperLink. List runs with `FLWR_HOME={folder.home} "
+                      f"flwr ls {CONNECTION}`, stop one with `flwr stop RUN_ID {CONNECTION}`", soft_wrap=True,
+                      highlight=False, markup=False)
+        return 130
     summary_path = run_dir / SUMMARY
     if not summary_path.is_file():
         append_event(folder.audit_log, "run-failed", {"run_folder": run_dir.name, "flwr_exit_code": code})
+        if not any(run_dir.iterdir()):
+            run_dir.rmdir()  # the ServerApp never started
         console.print(f"the run ended without a summary (flwr exit code {code}); see the output above and "
-                      f"{folder.superlink_log}. Run folder: {run_dir}", style="red", soft_wrap=True, highlight=False,
+                      f"{folder.superlink_log} (is the coordinator running? fedclinic coordinator start "
+                      f"{folder.root}). Run folder: {run_dir}", style="red", soft_wrap=True, highlight=False,
                       markup=False)
         return 1
     summary = json.loads(summary_path.read_text(encoding="utf-8"))
