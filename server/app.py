@@ -15,6 +15,7 @@ from configs.load import load_experiment, split_overrides, to_yaml
 from model.exchange import state_to_numpy
 from model.networks import build_model
 from privacy.decline import REASONS as DECLINE_REASONS
+from server.audit_events import run_recorder
 from server.evaluation import SiteEvaluation
 from server.recorder import RunRecorder, SiteTraining
 from server.run_folder import CONFIG, SHARED, SUMMARY, create_run_folder, save_checkpoint
@@ -103,14 +104,15 @@ def main(grid: Grid, context: Context) -> None:
     model = build_model(cfg.model, num_labs=len(cfg.data.labs), note_buckets=cfg.data.note_buckets,
                         seed=cfg.seed)
     initial = ArrayRecord({k: Array(v) for k, v in state_to_numpy(model).items()})
-    recorder = RunRecorder(cfg.rounds)
+    recorder = run_recorder(cfg, run_dir, context.run_id, grid)  # + audit log events when output.audit_log
     s = cfg.strategy
     strategy = RecordingFedAvg(recorder, run_dir, fraction_train=s.fraction_train,
                                fraction_evaluate=s.fraction_evaluate, min_train_nodes=s.min_nodes,
                                min_evaluate_nodes=s.min_nodes, min_available_nodes=s.min_nodes)
     with recorder.live():
         result = strategy.start(grid=grid, initial_arrays=initial, num_rounds=cfg.rounds,
-                                train_config=ConfigRecord(), evaluate_config=ConfigRecord())
+                                timeout=s.round_timeout, train_config=ConfigRecord(),
+                                evaluate_config=ConfigRecord())
     save_checkpoint(run_dir, {k: v.numpy() for k, v in result.arrays.items()}, cfg.rounds)
     write_json(run_dir / SUMMARY, build_summary(cfg, recorder, run_dir.name, context.run_id))
     recorder.console.print(recorder.table())
