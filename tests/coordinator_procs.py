@@ -146,3 +146,29 @@ def alive(pid: int) -> bool:
 def process_tree(pid: int) -> list[int]:
     """`pid` and its live descendants."""
     return [pid, *descendants(pid)]
+
+
+def init_site(node: Path, name: str, fence_port: int, ca: Path, data: Path, state: Path) -> Path:
+    """`fedclinic site init` as site IT runs it (the key pair is made in `node`); returns node.toml."""
+    done = fedclinic("site", "init", str(node), "--name", name, "--coordinator", f"127.0.0.1:{fence_port}",
+                     "--ca", str(ca), "--data", str(data), "--state", str(state), "--runtime-port", str(free_port()))
+    assert done.returncode == 0, done.stdout + done.stderr
+    return node / "node.toml"
+
+
+def start_site(node_toml: Path, output: Path, *, wait_ready: bool = True) -> Started:
+    """`fedclinic site start` in its own session; returns once the SuperNode is online and the
+    gated runner ready (or at once with wait_ready=False)."""
+    with output.open("ab") as out:
+        process = subprocess.Popen([str(BIN / "fedclinic"), "site", "start", str(node_toml)], stdout=out,
+                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                                   env={**os.environ, **FLOWER_ENV})
+    started = Started(process, output)
+    deadline = time.monotonic() + START_WAIT_S
+    while wait_ready and not ("online at the coordinator" in started.text()
+                              and "gated task runner ready" in started.text()):
+        if process.poll() is not None or time.monotonic() > deadline:
+            started.stop(signal.SIGTERM, 30)
+            raise AssertionError(f"site did not come up:\n{started.text()[-4000:]}")
+        time.sleep(0.5)
+    return started
