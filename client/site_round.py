@@ -11,6 +11,7 @@ client/app.py converts Flower records to and from these types; nothing here impo
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -39,6 +40,13 @@ from privacy.planning import BudgetExhausted, LifetimeBudget, plan_noise, poisso
 from privacy.policy import Account, Projection, Terms, account, admit, project, tighten
 
 log = logging.getLogger("fedclinic.site")
+COMPUTE_KEY = "compute-s"  # seconds of the site's own work on a message (training, or scoring), to 0.1 s
+
+
+def coarse_seconds(seconds: float) -> float:
+    """Seconds rounded to 0.1 s: how long the site computed, released as coarsely as the
+    coordinator already observes it from reply times (docs/threat-model.md, "Compute time")."""
+    return round(max(seconds, 0.0), 1)
 
 
 @dataclass(frozen=True)
@@ -175,14 +183,16 @@ def train_round(job: SiteJob, run_id: str, server_round: int) -> tuple[dict[str,
                                       MechanismUse(sigma, use.sample_rate, use.steps))
     sigma = use.noise_multiplier
     settings = DPSettings(sigma, job.terms.max_grad_norm, job.terms.accountant, cfg.privacy.grad_sample_mode)
+    started = time.perf_counter()
     outcome = train_dp(job.model, data, cfg=cfg.train, dp=settings, prior=[], device=job.device)
+    compute = time.perf_counter() - started
     if outcome.steps != use.steps:  # the recorded spend covers exactly the planned steps
         raise RuntimeError(f"took {outcome.steps} DP steps, {use.steps} were recorded; nothing is released")
     # The training loss is a non-DP statistic of the training data: it stays at the site (log).
     log.info("round %s: mean training loss %.4f over %s steps", server_round, outcome.loss, outcome.steps)
     metrics = {"num-examples": schedule.batches * cfg.train.batch_size, "epsilon": admitted.run_epsilon,
                "delta": job.terms.delta, "lifetime-epsilon": admitted.lifetime_epsilon,
-               "noise-multiplier": sigma, "steps": outcome.steps}
+               "noise-multiplier": sigma, "steps": outcome.steps, COMPUTE_KEY: coarse_seconds(compute)}
     return state_to_numpy(job.model), metrics
 
 
@@ -211,6 +221,7 @@ def evaluate_round(job: SiteJob, run_id: str, server_round: int) -> dict[str, fl
     # A DP release scores one patient at a time: in a batch, another patient's presence can move a
     # score by a rounding error, which a crafted model could place on a bin edge (sensitivity > 1).
     batch = 1 if v.release == "dp" else _evaluation_batch(job)
+    started = time.perf_counter()
     outcome = evaluate(job.model, data, device=job.device, batch_size=batch)
     if v.release == "dp":
         release = dp_release(outcome.labels, outcome.probabilities, noise_multiplier=v.noise_multiplier,
@@ -220,8 +231,10 @@ def evaluate_round(job: SiteJob, run_id: str, server_round: int) -> dict[str, fl
     else:
         release = exact_release(outcome.labels, outcome.probabilities)
         auroc, loss, patients, auroc_std = outcome.auroc, outcome.loss, outcome.num_examples, 0.0
+    compute = time.perf_counter() - started
     return {"eval-loss": float(loss) if loss is not None and np.isfinite(loss) else 0.0, "auroc": auroc if auroc is not None else 0.0,
             "auroc-defined": int(auroc is not None), "num-examples": patients,
             "metrics-dp": int(v.release == "dp"), "noise-std": release.noise_std, "auroc-std": auroc_std,
             "histogram-positive": list(release.positives), "histogram-negative": list(release.negatives),
-            "epsilon": admitted.run_epsilon, "lifetime-epsilon": admitted.lifetime_epsilon}
+            "epsilon": admitted.run_epsilon, "lifetime-epsilon": admitted.lifetime_epsilon,
+            COMPUTE_KEY: coarse_seconds(compute)}

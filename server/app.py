@@ -37,6 +37,12 @@ def _metrics(msg: Message) -> MetricRecord:
     return next(iter(msg.content.metric_records.values()))
 
 
+def _compute_s(msg: Message) -> float:
+    """The site's reported compute seconds for this message (0.0 when it reports none)."""
+    value = _metrics(msg).get("compute-s", 0.0)
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
+
+
 class RecordingFedAvg(FedAvg):
     """FedAvg that also records each site's metrics and checkpoints every aggregated model."""
 
@@ -71,8 +77,8 @@ class RecordingFedAvg(FedAvg):
                     if m.has_error() and m.error.code in DECLINE_REASONS}
         self.recorder.trained(server_round, [SiteTraining(
             _site(m, self.recorder), int(_metrics(m)["num-examples"]),
-            float(_metrics(m)["epsilon"]), float(_metrics(m)["delta"]), float(_metrics(m)["lifetime-epsilon"]))
-            for m in ok], failures=len(replies) - len(ok) - len(declined), declined=declined)
+            float(_metrics(m)["epsilon"]), float(_metrics(m)["delta"]), float(_metrics(m)["lifetime-epsilon"]),
+            _compute_s(m)) for m in ok], failures=len(replies) - len(ok) - len(declined), declined=declined)
         if arrays is not None:
             save_checkpoint(self.run_dir, {k: v.numpy() for k, v in arrays.items()}, server_round)
         return arrays, metrics
@@ -83,7 +89,8 @@ class RecordingFedAvg(FedAvg):
         evals = [SiteEvaluation(_site(m, self.recorder), float(_metrics(m)["auroc"]) if _metrics(m)["auroc-defined"] else None,
                                 float(_metrics(m)["eval-loss"]), int(_metrics(m)["num-examples"]),
                                 float(_metrics(m)["epsilon"]), bool(_metrics(m)["metrics-dp"]),
-                                float(_metrics(m)["auroc-std"]), float(_metrics(m)["lifetime-epsilon"]))
+                                float(_metrics(m)["auroc-std"]), float(_metrics(m)["lifetime-epsilon"]),
+                                _compute_s(m))
                  for m in ok]
         declined = sum(1 for m in replies if m.has_error() and m.error.code in DECLINE_REASONS)
         result = self.recorder.evaluated(server_round, evals, failures=len(replies) - len(ok) - declined)

@@ -43,7 +43,9 @@ def test_train_replies_with_weights_metrics_and_keeps_dp_state(small_sites: Path
     assert not first.has_error()
     metrics = first.content.metric_records["metrics"]
     # no training loss: it would be a non-DP statistic of the training data
-    assert set(metrics) == {"num-examples", "epsilon", "delta", "lifetime-epsilon", "noise-multiplier", "steps"}
+    assert set(metrics) == {"num-examples", "epsilon", "delta", "lifetime-epsilon", "noise-multiplier", "steps",
+                            "compute-s"}
+    assert metrics["compute-s"] >= 0 and round(metrics["compute-s"], 1) == metrics["compute-s"]  # 0.1 s
     assert first.content.config_records["site"]["name"] == "site-b"
     assert set(first.content.array_records["arrays"]) == set(request("train").content.array_records["arrays"])
     second = app(request("train", 2), ctx)  # the site's ledger carries the run's spend between messages
@@ -52,7 +54,7 @@ def test_train_replies_with_weights_metrics_and_keeps_dp_state(small_sites: Path
     ev = app(request("evaluate"), ctx)
     assert set(ev.content.metric_records["metrics"]) == {
         "eval-loss", "auroc", "auroc-defined", "auroc-std", "num-examples", "metrics-dp", "noise-std", "histogram-positive",
-        "histogram-negative", "epsilon", "lifetime-epsilon"}  # the same keys from every site (Flower needs that)
+        "histogram-negative", "epsilon", "lifetime-epsilon", "compute-s"}  # the same keys from every site (Flower needs that)
     assert not ev.content.array_records
 
 
