@@ -12,6 +12,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
 from configs.load import load_experiment, split_overrides, to_yaml
+from configs.schema import ExperimentConfig
 from model.exchange import state_to_numpy
 from model.networks import build_model
 from privacy.decline import REASONS as DECLINE_REASONS
@@ -98,6 +99,14 @@ class RecordingFedAvg(FedAvg):
         return MetricRecord({k: float(v) for k, v in values.items() if v is not None}) if ok else None
 
 
+def initial_record(cfg: ExperimentConfig) -> ArrayRecord:
+    """The initial global model as it travels to the sites (also what bench/empty_flower_app.py
+    sends, so its messages have fedclinic's size and pattern)."""
+    model = build_model(cfg.model, num_labs=len(cfg.data.labs), note_buckets=cfg.data.note_buckets,
+                        seed=cfg.seed)
+    return ArrayRecord({k: Array(v) for k, v in state_to_numpy(model).items()})
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Compose the config, run FedAvg for cfg.rounds, write the run folder."""
@@ -107,9 +116,7 @@ def main(grid: Grid, context: Context) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     if not (run_dir / CONFIG).exists():
         write_atomic(run_dir / CONFIG, to_yaml(overrides).encode(), mode=SHARED)
-    model = build_model(cfg.model, num_labs=len(cfg.data.labs), note_buckets=cfg.data.note_buckets,
-                        seed=cfg.seed)
-    initial = ArrayRecord({k: Array(v) for k, v in state_to_numpy(model).items()})
+    initial = initial_record(cfg)
     recorder = RunRecorder(cfg.rounds)
     s = cfg.strategy
     strategy = RecordingFedAvg(recorder, run_dir, fraction_train=s.fraction_train,
