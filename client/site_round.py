@@ -34,7 +34,7 @@ from model.networks import FusionModel, activation_bytes, build_model
 from privacy.accountant import MechanismUse
 from privacy.decline import (EVAL_LIMIT, EVAL_TOO_SMALL, LEDGER_UNREADABLE, LIFETIME_BUDGET, RUN_BUDGET,
                              RoundDeclined)
-from privacy.dpsgd.engine import DPSettings, os_seeded_generator
+from privacy.dpsgd.settings import DPSettings, os_seeded_generator
 from privacy.ledger import EVALUATE, LEDGER_FILE, TRAIN, Ledger, LedgerError, Spend
 from privacy.planning import BudgetExhausted, LifetimeBudget, plan_noise, poisson_schedule
 from privacy.policy import Account, Projection, Terms, account, admit, project, tighten

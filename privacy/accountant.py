@@ -26,8 +26,6 @@ import math
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 
-from opacus.accountants import create_accountant
-
 from privacy.mechanism import MechanismUse
 
 ACCOUNTANTS = ("prv", "rdp")
@@ -50,6 +48,7 @@ def merge(history: Iterable[MechanismUse]) -> list[MechanismUse]:
 
 
 def _epsilon(history: Sequence[MechanismUse], delta: float, accountant: str, eps_error: float) -> float:
+    from opacus.accountants import create_accountant  # Opacus: seconds to import, only when accounting
     acc = create_accountant(mechanism=accountant)
     acc.history = [(h.noise_multiplier, h.sample_rate, h.steps) for h in history]
     with warnings.catch_warnings():  # RDP's "optimal order is the largest alpha"; PRV's log(0) at q = 1
