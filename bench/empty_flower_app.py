@@ -69,7 +69,7 @@ def main(grid: Grid, context: Context) -> None:
     settings = _settings(context)
     rounds, out = int(settings.get("rounds", "3")), Path(settings["out"])
     sites = int(settings.get("sites", "3"))
-    initial = initial_record(load_experiment([f"rounds={rounds}"]))
+    initial, _ = initial_record(load_experiment([f"rounds={rounds}"]))
     strategy = TimedFedAvg(fraction_train=1.0, fraction_evaluate=1.0, min_train_nodes=sites,
                            min_evaluate_nodes=sites, min_available_nodes=sites)
     started = time.monotonic()

@@ -138,7 +138,7 @@ def serialized_reply() -> tuple[int, int, int]:
     fp32 = sum(p.numel() * 4 for p in model.state_dict().values())
     metrics = {k: 1.0 for k in ("num-examples", "epsilon", "delta", "lifetime-epsilon", "noise-multiplier",
                                 "steps", "compute-s")}
-    content = RecordDict({"arrays": initial_record(cfg), "metrics": MetricRecord(metrics),
+    content = RecordDict({"arrays": initial_record(cfg)[0], "metrics": MetricRecord(metrics),
                           "site": ConfigRecord({"name": "site-a"})})
     size, objects = wire_size(content)
     return size, objects, fp32

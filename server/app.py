@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord
 from flwr.serverapp import Grid, ServerApp
@@ -13,7 +14,7 @@ from flwr.serverapp.strategy import FedAvg
 
 from configs.load import load_experiment, split_overrides, to_yaml
 from configs.schema import ExperimentConfig
-from model.exchange import state_to_numpy
+from model.exchange import Layout, from_exchange, state_to_numpy, to_exchange
 from model.networks import build_model
 from privacy.decline import REASONS as DECLINE_REASONS
 from server.evaluation import SiteEvaluation
@@ -47,9 +48,10 @@ def _compute_s(msg: Message) -> float:
 class RecordingFedAvg(FedAvg):
     """FedAvg that also records each site's metrics and checkpoints every aggregated model."""
 
-    def __init__(self, recorder: RunRecorder, run_dir: Path, **kwargs: float | int) -> None:
+    def __init__(self, recorder: RunRecorder, run_dir: Path, reference: Mapping[str, torch.Tensor],
+                 **kwargs: float | int) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
-        self.recorder, self.run_dir = recorder, run_dir
+        self.recorder, self.run_dir, self.reference = recorder, run_dir, reference
         self.sent: dict[str, np.ndarray] | None = None  # the global model of the current round
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -81,7 +83,7 @@ class RecordingFedAvg(FedAvg):
             float(_metrics(m)["epsilon"]), float(_metrics(m)["delta"]), float(_metrics(m)["lifetime-epsilon"]),
             _compute_s(m)) for m in ok], failures=len(replies) - len(ok) - len(declined), declined=declined)
         if arrays is not None:
-            save_checkpoint(self.run_dir, {k: v.numpy() for k, v in arrays.items()}, server_round)
+            save_checkpoint(self.run_dir, _named(arrays, self.reference), server_round)
         return arrays, metrics
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
@@ -99,12 +101,22 @@ class RecordingFedAvg(FedAvg):
         return MetricRecord({k: float(v) for k, v in values.items() if v is not None}) if ok else None
 
 
-def initial_record(cfg: ExperimentConfig) -> ArrayRecord:
-    """The initial global model as it travels to the sites (also what bench/empty_flower_app.py
-    sends, so its messages have fedclinic's size and pattern)."""
+def initial_record(cfg: ExperimentConfig) -> tuple[ArrayRecord, dict[str, torch.Tensor]]:
+    """The initial global model as it travels to the sites, one flat float32 array
+    (model.exchange; also what bench/empty_flower_app.py sends, so its messages have fedclinic's
+    size and pattern), and the model's state dict (names, shapes: the layout replies are cut by)."""
     model = build_model(cfg.model, num_labs=len(cfg.data.labs), note_buckets=cfg.data.note_buckets,
                         seed=cfg.seed)
-    return ArrayRecord({k: Array(v) for k, v in state_to_numpy(model).items()})
+    exchanged = to_exchange(state_to_numpy(model), Layout.of(model.state_dict()))
+    return ArrayRecord({k: Array(v) for k, v in exchanged.items()}), model.state_dict()
+
+
+def _named(arrays: ArrayRecord, reference: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """An aggregated (flat) model as the named state dict a checkpoint holds ({} for no model:
+    a run in which no round aggregated)."""
+    if not arrays:
+        return {}
+    return from_exchange({k: v.numpy() for k, v in arrays.items()}, reference)
 
 
 @app.main()
@@ -116,16 +128,16 @@ def main(grid: Grid, context: Context) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     if not (run_dir / CONFIG).exists():
         write_atomic(run_dir / CONFIG, to_yaml(overrides).encode(), mode=SHARED)
-    initial = initial_record(cfg)
+    initial, reference = initial_record(cfg)
     recorder = RunRecorder(cfg.rounds)
     s = cfg.strategy
-    strategy = RecordingFedAvg(recorder, run_dir, fraction_train=s.fraction_train,
+    strategy = RecordingFedAvg(recorder, run_dir, reference, fraction_train=s.fraction_train,
                                fraction_evaluate=s.fraction_evaluate, min_train_nodes=s.min_nodes,
                                min_evaluate_nodes=s.min_nodes, min_available_nodes=s.min_nodes)
     with recorder.live():
         result = strategy.start(grid=grid, initial_arrays=initial, num_rounds=cfg.rounds,
                                 train_config=ConfigRecord(), evaluate_config=ConfigRecord())
-    save_checkpoint(run_dir, {k: v.numpy() for k, v in result.arrays.items()}, cfg.rounds)
+    save_checkpoint(run_dir, _named(result.arrays, reference), cfg.rounds)
     write_json(run_dir / SUMMARY, build_summary(cfg, recorder, run_dir.name, context.run_id))
     recorder.console.print(recorder.table())
     recorder.console.print(f"run folder: {run_dir.resolve()} (Flower run id {context.run_id}, as in the sites' "
