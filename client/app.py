@@ -19,13 +19,27 @@ from collections.abc import Callable
 from flwr.app import ArrayRecord, Array, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from client.site_cache import SiteCache
 from client.site_data.loader import SiteDataError
 from client.site_round import SiteJob, evaluate_round, prepare, train_round
 from configs.parse import ConfigError
-from model.exchange import WeightsRefused
+from model.exchange import Layout, WeightsRefused, to_exchange
 from privacy.decline import REASONS, RoundDeclined
 
-app = ClientApp()
+
+
+class SiteClientApp(ClientApp):
+    """Flower's ClientApp, owning the process's SiteCache (client/site_cache.py): composed configs
+    and the last loaded sites, reused by every message this process handles. A deployed site's
+    task runner and a simulation's Ray actors keep one process (so one app object) for many
+    messages; a process started per message simply starts with an empty cache."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cache = SiteCache()
+
+
+app = SiteClientApp()
 log = logging.getLogger("fedclinic.site")
 
 ERROR_SITE_DATA, ERROR_CONFIG, ERROR_INTERNAL, ERROR_WEIGHTS = 601, 602, 603, 605
@@ -33,8 +47,8 @@ MAX_REASON = 300
 
 
 def _job(msg: Message, context: Context) -> SiteJob:
-    weights = {k: v.numpy() for k, v in msg.content.array_records["arrays"].items()}
-    return prepare(str(context.run_config.get("overrides", "")), dict(context.node_config), weights)
+    exchanged = {k: v.numpy() for k, v in msg.content.array_records["arrays"].items()}
+    return prepare(str(context.run_config.get("overrides", "")), dict(context.node_config), exchanged, app.cache)
 
 
 def _server_round(msg: Message) -> int:
@@ -84,7 +98,8 @@ def train(msg: Message, context: Context) -> Message:
     job = _job(msg, context)
     server_round = _server_round(msg)
     weights, metrics = train_round(job, str(context.run_id), server_round)
-    arrays = ArrayRecord({k: Array(v) for k, v in weights.items()})
+    exchanged = to_exchange(weights, Layout.of(job.model.state_dict()))  # one flat float32 array
+    arrays = ArrayRecord({k: Array(v) for k, v in exchanged.items()})
     return _reply(msg, job.site.name, metrics, arrays)
 
 

@@ -11,6 +11,7 @@ client/app.py converts Flower records to and from these types; nothing here impo
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -21,6 +22,8 @@ import torch
 from client.site_data.labels import read_labels
 from client.recipe import check_data_limits, site_experiment
 from client.site import SiteSettings, site_settings
+from client.site_cache import SiteCache, SiteKey
+from client.site_data.fingerprint import folder_fingerprint
 from client.site_data.loader import SiteArrays, SiteDataError, load_site
 from client.site_file import read_site_file
 from client.trainer import evaluate, pick_device, split_dataset, train_dp
@@ -28,17 +31,25 @@ from client.validation_release import binned_metrics, dp_release, exact_release
 from configs.load import load_experiment, released_experiment, split_overrides
 from configs.parse import ConfigError
 from configs.schema import ExperimentConfig, SiteFileConfig
-from model.exchange import check_weights, load_numpy_state, state_to_numpy
+from model.exchange import from_exchange, load_numpy_state, state_to_numpy
 from model.networks import FusionModel, activation_bytes, build_model
 from privacy.accountant import MechanismUse
+from privacy.accounting_cache import AccountingCache
 from privacy.decline import (EVAL_LIMIT, EVAL_TOO_SMALL, LEDGER_UNREADABLE, LIFETIME_BUDGET, RUN_BUDGET,
                              RoundDeclined)
-from privacy.dpsgd.engine import DPSettings, os_seeded_generator
+from privacy.dpsgd.settings import DPSettings, os_seeded_generator
 from privacy.ledger import EVALUATE, LEDGER_FILE, TRAIN, Ledger, LedgerError, Spend
 from privacy.planning import BudgetExhausted, LifetimeBudget, plan_noise, poisson_schedule
 from privacy.policy import Account, Projection, Terms, account, admit, project, tighten
 
 log = logging.getLogger("fedclinic.site")
+COMPUTE_KEY = "compute-s"  # seconds of the site's own work on a message (training, or scoring), to 0.1 s
+
+
+def coarse_seconds(seconds: float) -> float:
+    """Seconds rounded to 0.1 s: how long the site computed, released as coarsely as the
+    coordinator already observes it from reply times (docs/threat-model.md, "Compute time")."""
+    return round(max(seconds, 0.0), 1)
 
 
 @dataclass(frozen=True)
@@ -51,6 +62,7 @@ class SiteJob:
     arrays: SiteArrays
     model: FusionModel
     device: torch.device
+    accounting: AccountingCache | None = None  # the process's (client/site_cache.py), if any
 
     @property
     def terms(self) -> Terms:
@@ -64,27 +76,40 @@ class SiteJob:
         return Ledger(self.site.state_dir / LEDGER_FILE, self.site.mark_dir)
 
 
-def prepare(overrides: str, node_config: Mapping[str, object], weights: Mapping[str, np.ndarray]) -> SiteJob:
+def prepare(overrides: str, node_config: Mapping[str, object], exchanged: Mapping[str, np.ndarray],
+            cache: SiteCache | None = None) -> SiteJob:
     """Check the request against the site's ownership and limits (before allocating anything),
-    then load the (cached) site data and the global weights.
+    then load the site data (through the per-file preprocessing cache, and through `cache`, the
+    process's SiteCache, when given: a site whose files and settings are unchanged is not loaded
+    again) and the global weights, `exchanged` as they travel (model.exchange: one flat vector).
 
     Raises ConfigError (602), SiteDataError (601) or model.exchange.WeightsRefused.
     """
-    items = split_overrides(overrides)
-    requested, released = load_experiment(items), released_experiment()
+    requested = cache.experiment(overrides) if cache is not None else load_experiment(split_overrides(overrides))
+    released = released_experiment()
     site = site_settings(node_config, requested.data.root)
     site_file = read_site_file(site.site_file, released.data, required=site.site_file_explicit)
     cfg = site_experiment(requested, released, site_file)
-    check_weights(weights, _model(cfg, device="meta").state_dict())
-    check_data_limits(cfg, site_file.limits, patients=len(read_labels(site.data_dir).patient_ids))
+    weights = from_exchange(exchanged, _model(cfg, device="meta").state_dict())
+    key = SiteKey(site.data_dir, site.cache_dir, cfg.data, site_file)
+    fingerprint = folder_fingerprint(site.data_dir, exclude=(site.state_dir,)) if cache is not None else ""
+    cached = cache.site(key, fingerprint) if cache is not None else None
+    patients = cached.patients if cached else len(read_labels(site.data_dir).patient_ids)
+    check_data_limits(cfg, site_file.limits, patients=patients)
     if cfg.train.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("train.device: cuda requested, but this site has no CUDA device", field="train.device")
     torch.set_num_threads(cfg.train.num_threads)
     torch.set_flush_denormal(True)  # no slow path a crafted model could trigger for one patient's values
-    arrays, _ = load_site(site.data_dir, cfg.data, cache_dir=site.cache_dir, site_file=site_file)
+    if cached is not None:
+        arrays = cached.arrays
+    else:
+        arrays, _ = load_site(site.data_dir, cfg.data, cache_dir=site.cache_dir, site_file=site_file)
+        if cache is not None:
+            cache.keep(key, fingerprint, patients, arrays)
     model = _model(cfg)
     load_numpy_state(model, weights)
-    return SiteJob(cfg, site, site_file, arrays, model, pick_device(cfg.train.device))
+    return SiteJob(cfg, site, site_file, arrays, model, pick_device(cfg.train.device),
+                   cache.accounting if cache is not None else None)
 
 
 def _model(cfg: ExperimentConfig, device: str | None = None) -> FusionModel:
@@ -126,7 +151,7 @@ def _run_noise(job: SiteJob, acct: Account, num_examples: int) -> float:
                           extra=_planned_evaluations(job, acct),
                           lifetime=LifetimeBudget([s.use for s in acct.lifetime], policy.lifetime_delta,
                                                   policy.lifetime_epsilon),
-                          min_noise_multiplier=terms.min_noise_multiplier)
+                          min_noise_multiplier=terms.min_noise_multiplier, cache=job.accounting)
     except BudgetExhausted as exc:
         raise RoundDeclined(LIFETIME_BUDGET if exc.lifetime else RUN_BUDGET, str(exc)) from exc
     return plan.noise_multiplier
@@ -153,7 +178,7 @@ def _admit_and_record(job: SiteJob, ledger: Ledger, run_id: str, server_round: i
         elif sum(1 for s in acct.run if s.kind == EVALUATE) >= job.site_file.validation.max_per_run:
             raise RoundDeclined(EVAL_LIMIT, f"{job.site_file.validation.max_per_run} evaluations already released")
         admitted = admit(use, acct, terms=job.terms, policy=job.site_file.policy,
-                         max_mechanisms=job.site_file.limits.max_ledger_mechanisms)
+                         max_mechanisms=job.site_file.limits.max_ledger_mechanisms, cache=job.accounting)
         _record(job, ledger, run_id, server_round, kind, use, admitted)
     return admitted, use
 
@@ -175,14 +200,16 @@ def train_round(job: SiteJob, run_id: str, server_round: int) -> tuple[dict[str,
                                       MechanismUse(sigma, use.sample_rate, use.steps))
     sigma = use.noise_multiplier
     settings = DPSettings(sigma, job.terms.max_grad_norm, job.terms.accountant, cfg.privacy.grad_sample_mode)
+    started = time.perf_counter()
     outcome = train_dp(job.model, data, cfg=cfg.train, dp=settings, prior=[], device=job.device)
+    compute = time.perf_counter() - started
     if outcome.steps != use.steps:  # the recorded spend covers exactly the planned steps
         raise RuntimeError(f"took {outcome.steps} DP steps, {use.steps} were recorded; nothing is released")
     # The training loss is a non-DP statistic of the training data: it stays at the site (log).
     log.info("round %s: mean training loss %.4f over %s steps", server_round, outcome.loss, outcome.steps)
     metrics = {"num-examples": schedule.batches * cfg.train.batch_size, "epsilon": admitted.run_epsilon,
                "delta": job.terms.delta, "lifetime-epsilon": admitted.lifetime_epsilon,
-               "noise-multiplier": sigma, "steps": outcome.steps}
+               "noise-multiplier": sigma, "steps": outcome.steps, COMPUTE_KEY: coarse_seconds(compute)}
     return state_to_numpy(job.model), metrics
 
 
@@ -207,10 +234,11 @@ def evaluate_round(job: SiteJob, run_id: str, server_round: int) -> dict[str, fl
                                         MechanismUse(v.noise_multiplier, 1.0, 1))
     else:
         admitted = project(MechanismUse(1.0, 0.0, 0), _account(job, ledger, run_id), terms=job.terms,
-                           policy=job.site_file.policy)
+                           policy=job.site_file.policy, cache=job.accounting)
     # A DP release scores one patient at a time: in a batch, another patient's presence can move a
     # score by a rounding error, which a crafted model could place on a bin edge (sensitivity > 1).
     batch = 1 if v.release == "dp" else _evaluation_batch(job)
+    started = time.perf_counter()
     outcome = evaluate(job.model, data, device=job.device, batch_size=batch)
     if v.release == "dp":
         release = dp_release(outcome.labels, outcome.probabilities, noise_multiplier=v.noise_multiplier,
@@ -220,8 +248,10 @@ def evaluate_round(job: SiteJob, run_id: str, server_round: int) -> dict[str, fl
     else:
         release = exact_release(outcome.labels, outcome.probabilities)
         auroc, loss, patients, auroc_std = outcome.auroc, outcome.loss, outcome.num_examples, 0.0
+    compute = time.perf_counter() - started
     return {"eval-loss": float(loss) if loss is not None and np.isfinite(loss) else 0.0, "auroc": auroc if auroc is not None else 0.0,
             "auroc-defined": int(auroc is not None), "num-examples": patients,
             "metrics-dp": int(v.release == "dp"), "noise-std": release.noise_std, "auroc-std": auroc_std,
             "histogram-positive": list(release.positives), "histogram-negative": list(release.negatives),
-            "epsilon": admitted.run_epsilon, "lifetime-epsilon": admitted.lifetime_epsilon}
+            "epsilon": admitted.run_epsilon, "lifetime-epsilon": admitted.lifetime_epsilon,
+            COMPUTE_KEY: coarse_seconds(compute)}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -15,8 +16,10 @@ from client.metrics import auroc
 from client.site_data.loader import SiteArrays
 from configs.schema import TrainConfig
 from model.batch import ClinicalBatch
-from privacy.accountant import MechanismUse
-from privacy.dpsgd.engine import DPSettings, make_private
+from privacy.mechanism import MechanismUse
+
+if TYPE_CHECKING:
+    from privacy.dpsgd.settings import DPSettings
 
 
 @dataclass(frozen=True)
@@ -71,7 +74,11 @@ def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
 
 def train_dp(model: nn.Module, data: TensorDataset, *, cfg: TrainConfig, dp: DPSettings,
              prior: Sequence[MechanismUse], device: torch.device) -> TrainOutcome:
-    """cfg.local_epochs of DP-SGD (Poisson sampling); the accountant resumes from `prior`."""
+    """cfg.local_epochs of DP-SGD (Poisson sampling); the accountant resumes from `prior`.
+
+    Opacus (privacy.dpsgd.engine) is imported here, on the first training message, not when the
+    ClientApp starts: evaluation never needs it (several seconds of imports)."""
+    from privacy.dpsgd.engine import make_private
     model.to(device).train()
     loader = DataLoader(data, batch_size=cfg.batch_size)
     private = make_private(model, _optimizer(model, cfg), loader, settings=dp, prior=prior,

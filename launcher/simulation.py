@@ -44,8 +44,10 @@ def backend_config(num_sites: int, cpus_per_site: int, gpus_per_site: float) -> 
 
 
 def run_simulation(overrides: Sequence[str], *, num_sites: int, cpus_per_site: int,
-                   gpus_per_site: float) -> None:
-    """Run server.app:app and client.app:app with `overrides` as the run's Hydra overrides."""
+                   gpus_per_site: float, server_app: str = "server.app:app",
+                   client_app: str = "client.app:app") -> None:
+    """Run server.app:app and client.app:app with `overrides` as the run's Hydra overrides
+    (another app pair of this folder, e.g. bench/empty_flower_app.py's, by its module:attribute)."""
     if not (APP_DIR / "pyproject.toml").is_file():
         raise RuntimeError(f"the fedclinic app folder {APP_DIR} has no pyproject.toml; "
                            "install fedclinic from its source folder (pip install -e .)")
@@ -66,7 +68,7 @@ def run_simulation(overrides: Sequence[str], *, num_sites: int, cpus_per_site: i
     context = Context(run_id=run.run_id, node_id=0, node_config={}, state=RecordDict(),
                       run_config=get_fused_config_from_dir(APP_DIR, run.override_config))
     logging.getLogger("flwr").setLevel(logging.WARNING)
-    _run_simulation(server_app_attr="server.app:app", client_app_attr="client.app:app",
+    _run_simulation(server_app_attr=server_app, client_app_attr=client_app,
                     num_supernodes=num_sites, backend_name="ray",
                     backend_config=backend_config(num_sites, cpus_per_site, gpus_per_site),
                     app_dir=str(APP_DIR), run=run, server_app_context=context, is_app=True,

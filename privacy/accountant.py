@@ -25,10 +25,12 @@ import logging
 import math
 import warnings
 from collections.abc import Callable, Iterable, Sequence
-
-from opacus.accountants import create_accountant
+from typing import TYPE_CHECKING
 
 from privacy.mechanism import MechanismUse
+
+if TYPE_CHECKING:
+    from privacy.accounting_cache import AccountingCache
 
 ACCOUNTANTS = ("prv", "rdp")
 MIN_EPS_ERROR = 0.01       # Opacus' default PRV eps_error
@@ -49,7 +51,13 @@ def merge(history: Iterable[MechanismUse]) -> list[MechanismUse]:
     return [MechanismUse(s, q, n) for (s, q), n in steps.items()]
 
 
-def _epsilon(history: Sequence[MechanismUse], delta: float, accountant: str, eps_error: float) -> float:
+def _epsilon(history: Sequence[MechanismUse], delta: float, accountant: str, eps_error: float,
+             cache: AccountingCache | None = None) -> float:
+    if cache is not None:  # the same arithmetic, the per-mechanism RDP curves kept (privacy/accounting_cache.py)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return cache.epsilon(history, delta, accountant, eps_error)
+    from opacus.accountants import create_accountant  # Opacus: seconds to import, only when accounting
     acc = create_accountant(mechanism=accountant)
     acc.history = [(h.noise_multiplier, h.sample_rate, h.steps) for h in history]
     with warnings.catch_warnings():  # RDP's "optimal order is the largest alpha"; PRV's log(0) at q = 1
@@ -60,12 +68,13 @@ def _epsilon(history: Sequence[MechanismUse], delta: float, accountant: str, eps
 
 
 def epsilon_spent(history: Sequence[MechanismUse], delta: float, accountant: str,
-                  *, magnitude: float | None = None) -> float:
+                  *, magnitude: float | None = None, cache: AccountingCache | None = None) -> float:
     """Epsilon of the composed history at `delta` (0 for an empty history).
 
     `magnitude`: the epsilon the caller expects (a target or a cap), used to size PRV's
-    discretisation error; the result is an upper bound whatever it is. Raises ValueError for an
-    unknown accountant or a delta outside (0, 1).
+    discretisation error; the result is an upper bound whatever it is. `cache`: a process's
+    AccountingCache, which returns the same value faster when the history's mechanisms were seen
+    before. Raises ValueError for an unknown accountant or a delta outside (0, 1).
     """
     if accountant not in ACCOUNTANTS:
         raise ValueError(f"accountant must be one of {ACCOUNTANTS}, got {accountant!r}")
@@ -75,16 +84,16 @@ def epsilon_spent(history: Sequence[MechanismUse], delta: float, accountant: str
     if not merged:
         return 0.0
     if accountant == "rdp":
-        return _epsilon(merged, delta, "rdp", 0.0)
+        return _epsilon(merged, delta, "rdp", 0.0, cache)
     eps_error = max(MIN_EPS_ERROR, REL_EPS_ERROR * (magnitude or 0.0))
     try:
-        value = _epsilon(merged, delta, "prv", eps_error)
+        value = _epsilon(merged, delta, "prv", eps_error, cache)
         if math.isfinite(value):
             return value
     except _PRV_FAILURES as exc:
         log.warning("the PRV accountant cannot compute this history at delta %g (%s); epsilon is "
                     "reported with RDP, a valid but looser bound", delta, exc)
-    return _epsilon(merged, delta, "rdp", 0.0)
+    return _epsilon(merged, delta, "rdp", 0.0, cache)
 
 
 def _pld_epsilon(history: Sequence[MechanismUse], delta: float) -> float:
@@ -125,7 +134,8 @@ def smallest_sigma(fits: Callable[[float], bool], start: float, *, tolerance: fl
 
 
 def fit_sigma(history: Callable[[float], Sequence[MechanismUse]], *, delta: float, epsilon: float,
-              accountant: str, start: float = 1.0, ceiling: float = 1e4) -> float:
+              accountant: str, start: float = 1.0, ceiling: float = 1e4,
+              cache: AccountingCache | None = None) -> float:
     """The smallest sigma (to 0.2 %) with epsilon_spent(history(sigma)) <= `epsilon` under
     `accountant`. The search runs on Google dp-accounting's PLD (the same privacy curve, 5-20x
     faster), then the answer is checked, and raised until it holds, with `accountant` itself: the
@@ -135,12 +145,14 @@ def fit_sigma(history: Callable[[float], Sequence[MechanismUse]], *, delta: floa
                                ceiling=ceiling)
     except (ArithmeticError, ValueError, FloatingPointError):
         pass  # the site's accountant alone decides
-    return smallest_sigma(lambda s: epsilon_spent(history(s), delta, accountant, magnitude=epsilon) <= epsilon,
+    return smallest_sigma(lambda s: epsilon_spent(history(s), delta, accountant, magnitude=epsilon,
+                                                  cache=cache) <= epsilon,
                           start, tolerance=1.002, ceiling=ceiling)
 
 
 def calibrate_noise(*, target_epsilon: float, delta: float, sample_rate: float, steps: int,
-                    accountant: str, extra: Sequence[MechanismUse] = ()) -> float:
+                    accountant: str, extra: Sequence[MechanismUse] = (),
+                    cache: AccountingCache | None = None) -> float:
     """The smallest noise multiplier (to 0.2 %) whose `steps` at `sample_rate`, composed with the
     fixed `extra` releases, spend at most `target_epsilon` at `delta` under `accountant`.
 
@@ -151,11 +163,11 @@ def calibrate_noise(*, target_epsilon: float, delta: float, sample_rate: float, 
         raise ValueError(f"steps must be >= 1, got {steps}")
     if not 0 < sample_rate <= 1:
         raise ValueError(f"sample_rate must be in (0, 1], got {sample_rate}")
-    if extra and epsilon_spent(extra, delta, accountant, magnitude=target_epsilon) >= target_epsilon:
+    if extra and epsilon_spent(extra, delta, accountant, magnitude=target_epsilon, cache=cache) >= target_epsilon:
         raise ArithmeticError(f"the other releases alone spend more than epsilon {target_epsilon}")
     start = _gdp_start(target_epsilon, delta, sample_rate, steps, extra)
     return fit_sigma(lambda s: [MechanismUse(s, sample_rate, steps), *extra], delta=delta,
-                     epsilon=target_epsilon, accountant=accountant, start=start)
+                     epsilon=target_epsilon, accountant=accountant, start=start, cache=cache)
 
 
 def _gdp_mu(epsilon: float, delta: float) -> float:

@@ -6,9 +6,13 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from privacy.accountant import calibrate_noise, epsilon_spent, fit_sigma
 from privacy.mechanism import MechanismUse
+
+if TYPE_CHECKING:
+    from privacy.accounting_cache import AccountingCache
 
 MAX_NOISE_MULTIPLIER = 100.0  # beyond this a round teaches the model nothing: the budget is spent
 SIGMA_GRID = 1.01             # planned noise multipliers are rounded UP to powers of this ratio
@@ -73,12 +77,13 @@ def poisson_schedule(num_examples: int, batch_size: int) -> PoissonSchedule:
 def plan_noise(*, num_examples: int, batch_size: int, local_epochs: int, rounds: int,
                target_epsilon: float, delta: float, accountant: str, prior: Sequence[MechanismUse] = (),
                extra: Sequence[MechanismUse] = (), lifetime: LifetimeBudget | None = None,
-               min_noise_multiplier: float = 0.0) -> NoisePlan:
+               min_noise_multiplier: float = 0.0, cache: AccountingCache | None = None) -> NoisePlan:
     """Calibrate sigma so that all planned rounds, with what the run already released (`prior`)
     and its planned `extra` releases, spend at most target_epsilon at `delta`, and (if given)
     keep the lifetime account (whose history includes `prior`) within its cap.
 
-    Raises BudgetExhausted when even MAX_NOISE_MULTIPLIER would not fit (the extra releases or the
+    `cache`: a process's AccountingCache (the same result, faster). Raises BudgetExhausted when
+    even MAX_NOISE_MULTIPLIER would not fit (the extra releases or the
     lifetime history already use the budget), ValueError for an empty split or a bad batch size.
     """
     schedule = poisson_schedule(num_examples, batch_size)
@@ -87,7 +92,7 @@ def plan_noise(*, num_examples: int, batch_size: int, local_epochs: int, rounds:
     planned = per_round * rounds
     try:
         sigma = calibrate_noise(target_epsilon=target_epsilon, delta=delta, sample_rate=sample_rate,
-                                steps=planned, accountant=accountant, extra=[*prior, *extra])
+                                steps=planned, accountant=accountant, extra=[*prior, *extra], cache=cache)
     except ArithmeticError as exc:
         raise BudgetExhausted(str(exc), lifetime=False) from exc
     if sigma > MAX_NOISE_MULTIPLIER:
@@ -97,19 +102,19 @@ def plan_noise(*, num_examples: int, batch_size: int, local_epochs: int, rounds:
     sigma = max(sigma, min_noise_multiplier)
     if lifetime is not None:
         run = MechanismUse(on_grid(sigma), sample_rate, planned)
-        sigma = _fit_lifetime(run, extra, lifetime, accountant)
+        sigma = _fit_lifetime(run, extra, lifetime, accountant, cache)
     return NoisePlan(on_grid(sigma), sample_rate, per_round, planned)
 
 
 def _fit_lifetime(run: MechanismUse, extra: Sequence[MechanismUse], budget: LifetimeBudget,
-                  accountant: str) -> float:
+                  accountant: str, cache: AccountingCache | None = None) -> float:
     """The smallest sigma >= run's (to 0.2 %) with which the whole run fits the lifetime cap;
     BudgetExhausted when even MAX_NOISE_MULTIPLIER does not."""
     def history(sigma: float) -> list[MechanismUse]:
         return [*budget.history, MechanismUse(sigma, run.sample_rate, run.steps), *extra]
 
     def fits(sigma: float) -> bool:
-        return epsilon_spent(history(sigma), budget.delta, accountant, magnitude=budget.cap) <= budget.cap
+        return epsilon_spent(history(sigma), budget.delta, accountant, magnitude=budget.cap, cache=cache) <= budget.cap
 
     if fits(run.noise_multiplier):
         return run.noise_multiplier
@@ -117,5 +122,5 @@ def _fit_lifetime(run: MechanismUse, extra: Sequence[MechanismUse], budget: Life
         raise BudgetExhausted(f"the dataset's lifetime budget (epsilon {budget.cap}) leaves room only for noise "
                               f"multipliers above {MAX_NOISE_MULTIPLIER:g}: no useful run fits", lifetime=True)
     sigma = fit_sigma(history, delta=budget.delta, epsilon=budget.cap, accountant=accountant,
-                      start=run.noise_multiplier, ceiling=MAX_NOISE_MULTIPLIER)
+                      start=run.noise_multiplier, ceiling=MAX_NOISE_MULTIPLIER, cache=cache)
     return max(sigma, run.noise_multiplier)

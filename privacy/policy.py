@@ -17,11 +17,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from configs.schema import PrivacyConfig, PrivacyPolicy
 from privacy.accountant import MechanismUse, epsilon_spent
 from privacy.decline import ACCOUNTING_LIMIT, LIFETIME_BUDGET, RUN_BUDGET, RoundDeclined
 from privacy.ledger import Spend
+
+if TYPE_CHECKING:
+    from privacy.accounting_cache import AccountingCache
 
 SLACK = 1e-9  # floating-point slack only; epsilon above the cap by more than this is refused
 
@@ -77,20 +81,22 @@ class Projection:
     lifetime_epsilon: float
 
 
-def project(use: MechanismUse, acct: Account, *, terms: Terms, policy: PrivacyPolicy) -> Projection:
-    """Run and lifetime epsilon if `use` were released now (the lifetime value never decreases)."""
+def project(use: MechanismUse, acct: Account, *, terms: Terms, policy: PrivacyPolicy,
+            cache: AccountingCache | None = None) -> Projection:
+    """Run and lifetime epsilon if `use` were released now (the lifetime value never decreases).
+    `cache`: a process's AccountingCache (the same values, faster)."""
     run = epsilon_spent([*(s.use for s in acct.run), use], terms.delta, terms.accountant,
-                        magnitude=terms.run_epsilon)
+                        magnitude=terms.run_epsilon, cache=cache)
     if len(acct.lifetime) == len(acct.run) and policy.lifetime_delta == terms.delta:
         life = run  # the run is the dataset's whole history: the same composition at the same delta
     else:
         life = epsilon_spent([*(s.use for s in acct.lifetime), use], policy.lifetime_delta, terms.accountant,
-                             magnitude=max(acct.recorded_lifetime, run))
+                             magnitude=max(acct.recorded_lifetime, run), cache=cache)
     return Projection(run, max(life, acct.recorded_lifetime))
 
 
 def admit(use: MechanismUse, acct: Account, *, terms: Terms, policy: PrivacyPolicy,
-          max_mechanisms: int | None = None) -> Projection:
+          max_mechanisms: int | None = None, cache: AccountingCache | None = None) -> Projection:
     """The projected spend if the release fits; RoundDeclined with the reason if it does not.
 
     `max_mechanisms`: the most distinct (noise multiplier, sample rate) pairs the lifetime may
@@ -99,7 +105,7 @@ def admit(use: MechanismUse, acct: Account, *, terms: Terms, policy: PrivacyPoli
     if max_mechanisms is not None and (use.noise_multiplier, use.sample_rate) not in distinct \
             and len(distinct) >= max_mechanisms:
         raise RoundDeclined(ACCOUNTING_LIMIT, f"the lifetime already composes {len(distinct)} distinct mechanisms")
-    projected = project(use, acct, terms=terms, policy=policy)
+    projected = project(use, acct, terms=terms, policy=policy, cache=cache)
     if projected.lifetime_epsilon > policy.lifetime_epsilon + SLACK:
         raise RoundDeclined(LIFETIME_BUDGET, f"lifetime ε would reach {projected.lifetime_epsilon:.3f} "
                                              f"> {policy.lifetime_epsilon}")

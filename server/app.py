@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
 from configs.load import load_experiment, split_overrides, to_yaml
-from model.exchange import state_to_numpy
+from configs.schema import ExperimentConfig
+from model.exchange import Layout, from_exchange, state_to_numpy, to_exchange
 from model.networks import build_model
 from privacy.decline import REASONS as DECLINE_REASONS
 from server.audit_events import run_recorder
@@ -38,12 +40,19 @@ def _metrics(msg: Message) -> MetricRecord:
     return next(iter(msg.content.metric_records.values()))
 
 
+def _compute_s(msg: Message) -> float:
+    """The site's reported compute seconds for this message (0.0 when it reports none)."""
+    value = _metrics(msg).get("compute-s", 0.0)
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
+
+
 class RecordingFedAvg(FedAvg):
     """FedAvg that also records each site's metrics and checkpoints every aggregated model."""
 
-    def __init__(self, recorder: RunRecorder, run_dir: Path, **kwargs: float | int) -> None:
+    def __init__(self, recorder: RunRecorder, run_dir: Path, reference: Mapping[str, torch.Tensor],
+                 **kwargs: float | int) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
-        self.recorder, self.run_dir = recorder, run_dir
+        self.recorder, self.run_dir, self.reference = recorder, run_dir, reference
         self.sent: dict[str, np.ndarray] | None = None  # the global model of the current round
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -72,10 +81,10 @@ class RecordingFedAvg(FedAvg):
                     if m.has_error() and m.error.code in DECLINE_REASONS}
         self.recorder.trained(server_round, [SiteTraining(
             _site(m, self.recorder), int(_metrics(m)["num-examples"]),
-            float(_metrics(m)["epsilon"]), float(_metrics(m)["delta"]), float(_metrics(m)["lifetime-epsilon"]))
-            for m in ok], failures=len(replies) - len(ok) - len(declined), declined=declined)
+            float(_metrics(m)["epsilon"]), float(_metrics(m)["delta"]), float(_metrics(m)["lifetime-epsilon"]),
+            _compute_s(m)) for m in ok], failures=len(replies) - len(ok) - len(declined), declined=declined)
         if arrays is not None:
-            save_checkpoint(self.run_dir, {k: v.numpy() for k, v in arrays.items()}, server_round)
+            save_checkpoint(self.run_dir, _named(arrays, self.reference), server_round)
         return arrays, metrics
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
@@ -84,12 +93,31 @@ class RecordingFedAvg(FedAvg):
         evals = [SiteEvaluation(_site(m, self.recorder), float(_metrics(m)["auroc"]) if _metrics(m)["auroc-defined"] else None,
                                 float(_metrics(m)["eval-loss"]), int(_metrics(m)["num-examples"]),
                                 float(_metrics(m)["epsilon"]), bool(_metrics(m)["metrics-dp"]),
-                                float(_metrics(m)["auroc-std"]), float(_metrics(m)["lifetime-epsilon"]))
+                                float(_metrics(m)["auroc-std"]), float(_metrics(m)["lifetime-epsilon"]),
+                                _compute_s(m))
                  for m in ok]
         declined = sum(1 for m in replies if m.has_error() and m.error.code in DECLINE_REASONS)
         result = self.recorder.evaluated(server_round, evals, failures=len(replies) - len(ok) - declined)
         values = {"auroc": result.auroc, "loss": result.loss}
         return MetricRecord({k: float(v) for k, v in values.items() if v is not None}) if ok else None
+
+
+def initial_record(cfg: ExperimentConfig) -> tuple[ArrayRecord, dict[str, torch.Tensor]]:
+    """The initial global model as it travels to the sites, one flat float32 array
+    (model.exchange; also what bench/empty_flower_app.py sends, so its messages have fedclinic's
+    size and pattern), and the model's state dict (names, shapes: the layout replies are cut by)."""
+    model = build_model(cfg.model, num_labs=len(cfg.data.labs), note_buckets=cfg.data.note_buckets,
+                        seed=cfg.seed)
+    exchanged = to_exchange(state_to_numpy(model), Layout.of(model.state_dict()))
+    return ArrayRecord({k: Array(v) for k, v in exchanged.items()}), model.state_dict()
+
+
+def _named(arrays: ArrayRecord, reference: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """An aggregated (flat) model as the named state dict a checkpoint holds ({} for no model:
+    a run in which no round aggregated)."""
+    if not arrays:
+        return {}
+    return from_exchange({k: v.numpy() for k, v in arrays.items()}, reference)
 
 
 @app.main()
@@ -101,19 +129,17 @@ def main(grid: Grid, context: Context) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     if not (run_dir / CONFIG).exists():
         write_atomic(run_dir / CONFIG, to_yaml(overrides).encode(), mode=SHARED)
-    model = build_model(cfg.model, num_labs=len(cfg.data.labs), note_buckets=cfg.data.note_buckets,
-                        seed=cfg.seed)
-    initial = ArrayRecord({k: Array(v) for k, v in state_to_numpy(model).items()})
+    initial, reference = initial_record(cfg)
     recorder = run_recorder(cfg, run_dir, context.run_id, grid)  # + audit log events when output.audit_log
     s = cfg.strategy
-    strategy = RecordingFedAvg(recorder, run_dir, fraction_train=s.fraction_train,
+    strategy = RecordingFedAvg(recorder, run_dir, reference, fraction_train=s.fraction_train,
                                fraction_evaluate=s.fraction_evaluate, min_train_nodes=s.min_nodes,
                                min_evaluate_nodes=s.min_nodes, min_available_nodes=s.min_nodes)
     with recorder.live():
         result = strategy.start(grid=grid, initial_arrays=initial, num_rounds=cfg.rounds,
                                 timeout=s.round_timeout, train_config=ConfigRecord(),
                                 evaluate_config=ConfigRecord())
-    save_checkpoint(run_dir, {k: v.numpy() for k, v in result.arrays.items()}, cfg.rounds)
+    save_checkpoint(run_dir, _named(result.arrays, reference), cfg.rounds)
     write_json(run_dir / SUMMARY, build_summary(cfg, recorder, run_dir.name, context.run_id))
     recorder.console.print(recorder.table())
     recorder.console.print(f"run folder: {run_dir.resolve()} (Flower run id {context.run_id}, as in the sites' "

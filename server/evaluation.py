@@ -18,6 +18,7 @@ class SiteEvaluation:
     dp: bool = True                # False: the site's policy released exact (non-DP) metrics
     auroc_std: float = 0.0         # std of the site's AUROC due to its DP noise (0: exact)
     lifetime_epsilon: float | None = None  # the dataset's lifetime epsilon after this release
+    compute_s: float = 0.0         # the site's reported scoring time (to 0.1 s; 0 if not reported)
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ class SiteTraining:
     epsilon: float
     delta: float
     lifetime_epsilon: float
+    compute_s: float = 0.0  # the site's reported training time (to 0.1 s; 0 if not reported)
 
 
 @dataclass
@@ -36,6 +38,14 @@ class RoundRecord:
     evaluation: GlobalEvaluation | None = None
     site_evals: list[SiteEvaluation] = field(default_factory=list)
     eval_failures: int = 0
+    ended: float | None = None  # time.monotonic() when its last phase was recorded
+
+    @property
+    def slowest_compute_s(self) -> float:
+        """The round's compute floor in seconds: the slowest site's training plus the slowest site's
+        scoring (each phase waits for its slowest site), from the sites' reported `compute-s`."""
+        return (max((t.compute_s for t in self.training), default=0.0)
+                + max((e.compute_s for e in self.site_evals), default=0.0))
 
     @property
     def max_epsilon(self) -> float | None:
@@ -54,6 +64,7 @@ class RunRecorder:
         self.names: dict[int, str] = {}  # node id -> site name, learned from its replies
         self._progress: Progress | None = None
         self._task: int | None = None
+        self.started: float | None = None  # time.monotonic() when live() began
 
     def _round(self, number: int) -> RoundRecord:
         return self.rounds.setdefault(number, RoundRecord(number))
@@ -63,6 +74,7 @@ class RunRecorder:
         """Show a progress bar over the rounds while the block runs."""
         columns = (TextColumn("[bold]federated rounds"), BarColumn(), MofNCompleteColumn(),
                    TimeElapsedColumn())
+        self.started = time.monotonic()
         with Progress(*columns, console=self.console, transient=True) as progress:
             self._progress, self._task = progress, progress.add_task("rounds", total=self.total_rounds)
             try:
@@ -75,12 +87,23 @@ class RunRecorder:
         record = self._round(number)
         record.training, record.train_failures = list(sites), failures
         record.declined = dict(declined or {})
+        record.ended = time.monotonic()
 
     def rejected(self, number: int, site: str, reason: str) -> None:
         """A site's update that was left out of the average (it counts as a failure)."""
         self._round(number).rejected[site] = reason
         self.console.print(f"round {number}: the update of {site} was left out: {reason}", soft_wrap=True,
                            highlight=False)
+
+    def wall_seconds(self) -> dict[int, float]:
+        """Each recorded round's wall time: from the previous round's end (the first round: from the
+        start of live(), so it includes the sites' start-up) to its own end, in seconds."""
+        walls, previous = {}, self.started
+        for r in sorted(self.rounds.values(), key=lambda r: r.round):
+            if r.ended is not None and previous is not None:
+                walls[r.round] = r.ended - previous
+            previous = r.ended if r.ended is not None else previous
+        return walls
 
     def site_name(self, node_id: int) -> str:
         return self.names.get(node_id, f"node-{node_id}")
@@ -89,6 +112,7 @@ class RunRecorder:
         record = self._round(number)
         record.site_evals, record.eval_failures = list(sites), failures
         record.evaluation = aggregate(sites)
+        record.ended = time.monotonic()
         self.console.print(_round_line(record, self.total_rounds), soft_wrap=True, highlight=False)
         if self._progress is not None and self._task is not None:
             self._progress.update(self._task, completed=number)

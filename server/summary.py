@@ -17,14 +17,16 @@ def build_summary(cfg: ExperimentConfig, recorder: RunRecorder, run_id: str, flo
     `run_id` names the run folder; `flower_run_id` is Flower's id of the run, which each site's
     ledger and `fedclinic privacy report` use as the run id.
     """
-    rounds = []
+    rounds, walls = [], recorder.wall_seconds()
     for r in sorted(recorder.rounds.values(), key=lambda r: r.round):
         ev = r.evaluation
         rounds.append({"round": r.round, "auroc": ev.auroc if ev else None, "auroc_std": ev.auroc_std if ev else None,
                        "loss": ev.loss if ev else None,
                        "max_epsilon": r.max_epsilon, "sites_trained": len(r.training),
                        "sites_declined": len(r.declined),
-                       "site_failures": r.train_failures + r.eval_failures + len(r.rejected)})
+                       "site_failures": r.train_failures + r.eval_failures + len(r.rejected),
+                       "wall_s": round(walls[r.round], 3) if r.round in walls else None,
+                       "slowest_compute_s": round(r.slowest_compute_s, 1)})
     evaluated = [r for r in rounds if r["auroc"] is not None]
     return {
         "run_id": run_id,

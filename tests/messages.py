@@ -10,7 +10,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordD
 
 from client.app import app
 from configs.load import load_experiment, split_overrides
-from model.exchange import state_to_numpy
+from model.exchange import Layout, state_to_numpy, to_exchange
 from model.networks import build_model
 
 SMALL_RUN = "rounds=3 train.local_epochs=1 train.batch_size=32"
@@ -23,10 +23,22 @@ def initial_weights(overrides: str = "") -> dict[str, np.ndarray]:
                                       seed=cfg.seed))
 
 
+def exchanged(weights: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Named weights as a coordinator sends them (model.exchange: one flat float32 array), cut by
+    their own names and shapes (those of a state dict: the model's order)."""
+    layout = Layout(tuple(weights), tuple(tuple(np.shape(v)) for v in weights.values()))
+    return to_exchange(weights, layout)
+
+
 def send(kind: str, site: Path, state: Path, overrides: str = SMALL_RUN, *, weights: Mapping[str, np.ndarray] | None = None,
-         server_round: int = 1, run_id: int = 1, node: Mapping[str, str] | None = None) -> Message:
-    """One `kind` ("train" | "evaluate") message to the site's ClientApp; returns its reply."""
-    arrays = dict(weights) if weights is not None else initial_weights(overrides)
+         server_round: int = 1, run_id: int = 1, node: Mapping[str, str] | None = None,
+         arrays: Mapping[str, np.ndarray] | None = None) -> Message:
+    """One `kind` ("train" | "evaluate") message to the site's ClientApp; returns its reply.
+
+    `weights`: named weights, sent flat (default: the initial model); `arrays`: the message's
+    arrays exactly as given (a coordinator's crafted record)."""
+    if arrays is None:
+        arrays = exchanged(weights if weights is not None else initial_weights(overrides))
     content = RecordDict({"arrays": ArrayRecord({k: Array(np.asarray(v)) for k, v in arrays.items()}),
                           "config": ConfigRecord({"server-round": server_round})})
     node_config = {"data-path": str(site), "state-dir": str(state), **(node or {})}

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 from client.app import ERROR_CONFIG, ERROR_SITE_DATA, app
 from configs.load import load_experiment
-from model.exchange import state_to_numpy
-from model.networks import build_model
+from model.exchange import FLAT_KEY
+from server.app import initial_record
 from site_yaml import set_sections
 
 OVERRIDES = "rounds=3 train.local_epochs=1 train.batch_size=32"
@@ -25,10 +26,9 @@ def task_identity(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def request(kind: str, server_round: int = 1) -> Message:
-    cfg = load_experiment(OVERRIDES.split())
-    model = build_model(cfg.model, num_labs=len(cfg.data.labs), note_buckets=cfg.data.note_buckets, seed=cfg.seed)
-    content = RecordDict({"arrays": ArrayRecord({k: Array(v) for k, v in state_to_numpy(model).items()}),
-                          "config": ConfigRecord({"server-round": server_round})})
+    """The coordinator's message: the global model as one flat float32 array (server.app)."""
+    arrays, _ = initial_record(load_experiment(OVERRIDES.split()))
+    content = RecordDict({"arrays": arrays, "config": ConfigRecord({"server-round": server_round})})
     return Message(content, dst_node_id=5, message_type=kind)
 
 
@@ -43,16 +43,20 @@ def test_train_replies_with_weights_metrics_and_keeps_dp_state(small_sites: Path
     assert not first.has_error()
     metrics = first.content.metric_records["metrics"]
     # no training loss: it would be a non-DP statistic of the training data
-    assert set(metrics) == {"num-examples", "epsilon", "delta", "lifetime-epsilon", "noise-multiplier", "steps"}
+    assert set(metrics) == {"num-examples", "epsilon", "delta", "lifetime-epsilon", "noise-multiplier", "steps",
+                            "compute-s"}
+    assert metrics["compute-s"] >= 0 and round(metrics["compute-s"], 1) == metrics["compute-s"]  # 0.1 s
     assert first.content.config_records["site"]["name"] == "site-b"
-    assert set(first.content.array_records["arrays"]) == set(request("train").content.array_records["arrays"])
+    sent, back = request("train").content.array_records["arrays"], first.content.array_records["arrays"]
+    assert set(back) == set(sent) == {FLAT_KEY}  # one array each way, the model's size and type
+    assert back[FLAT_KEY].numpy().shape == sent[FLAT_KEY].numpy().shape and back[FLAT_KEY].numpy().dtype == np.float32
     second = app(request("train", 2), ctx)  # the site's ledger carries the run's spend between messages
     assert second.content.metric_records["metrics"]["epsilon"] > metrics["epsilon"]
     assert second.content.metric_records["metrics"]["noise-multiplier"] == metrics["noise-multiplier"]
     ev = app(request("evaluate"), ctx)
     assert set(ev.content.metric_records["metrics"]) == {
         "eval-loss", "auroc", "auroc-defined", "auroc-std", "num-examples", "metrics-dp", "noise-std", "histogram-positive",
-        "histogram-negative", "epsilon", "lifetime-epsilon"}  # the same keys from every site (Flower needs that)
+        "histogram-negative", "epsilon", "lifetime-epsilon", "compute-s"}  # the same keys from every site (Flower needs that)
     assert not ev.content.array_records
 
 

@@ -14,8 +14,9 @@ import pytest
 from client.app import ERROR_CONFIG, ERROR_WEIGHTS
 from configs.load import CONFIG_DIR, load_experiment
 from configs.parse import ConfigError
+from model.exchange import FLAT_KEY
 from privacy.ledger import LEDGER_FILE
-from messages import SMALL_RUN, initial_weights, metrics, send
+from messages import SMALL_RUN, exchanged, initial_weights, metrics, send
 from site_yaml import set_sections
 
 pytestmark = pytest.mark.usefixtures("task_identity")
@@ -107,23 +108,29 @@ def test_the_model_input_definition_must_be_the_sites(site_copy: Path, tmp_path:
     assert reply.has_error() and reply.error.code == ERROR_CONFIG and "data.labs" in reply.error.reason
 
 
-@pytest.mark.parametrize("damage", ["nan", "inf", "shape", "missing", "dtype"])
+@pytest.mark.parametrize("damage", ["nan", "inf", "shape", "2-D", "missing", "extra", "per-tensor", "dtype"])
 def test_global_weights_that_are_not_the_models_or_not_finite_are_refused_before_any_spend(
         site_copy: Path, tmp_path: Path, damage: str) -> None:
-    """nan-global-model (site side): refused before anything is planned, loaded or spent."""
-    weights = initial_weights(SMALL_RUN)
-    key = "head.0.weight"
+    """nan-global-model (site side): refused before anything is planned, loaded or spent. The
+    model travels as one flat float32 vector (model.exchange), cut by the site's own model."""
+    flat = exchanged(initial_weights(SMALL_RUN))[FLAT_KEY]
+    arrays: dict[str, np.ndarray] = {FLAT_KEY: flat.copy()}
     if damage in ("nan", "inf"):
-        weights[key] = weights[key].copy()
-        weights[key].flat[3] = np.nan if damage == "nan" else np.inf
+        arrays[FLAT_KEY][3] = np.nan if damage == "nan" else np.inf
     elif damage == "shape":
-        weights[key] = weights[key][:, :-1]
+        arrays[FLAT_KEY] = flat[:-32]  # 32 values short
+    elif damage == "2-D":
+        arrays[FLAT_KEY] = flat.reshape(1, -1)
     elif damage == "missing":
-        del weights[key]
+        arrays = {}
+    elif damage == "extra":
+        arrays["head.0.weight"] = np.zeros((32, 99), dtype=np.float32)
+    elif damage == "per-tensor":  # the named arrays, not the exchange form
+        arrays = initial_weights(SMALL_RUN)
     else:
-        weights[key] = weights[key].astype(np.int64)
+        arrays[FLAT_KEY] = flat.astype(np.int64)
     for kind in ("train", "evaluate"):
-        reply = send(kind, site_copy, tmp_path / "state", weights=weights)
+        reply = send(kind, site_copy, tmp_path / "state", arrays=arrays)
         assert reply.has_error() and reply.error.code == ERROR_WEIGHTS
     assert not (tmp_path / "state" / LEDGER_FILE).exists()
 
@@ -143,10 +150,11 @@ def test_the_preprocessing_cache_stays_within_the_sites_quota(site_copy: Path, t
 
 def test_weights_finite_only_in_a_wider_type_or_of_an_odd_type_are_refused(site_copy: Path, tmp_path: Path) -> None:
     """1e300 is finite as float64 and infinite in the model's float32; long doubles are no model's."""
-    for widen in (lambda v: np.full_like(v, 1e300, dtype=np.float64), lambda v: v.astype(np.longdouble)):
-        weights = initial_weights(SMALL_RUN)
-        weights["head.0.weight"] = widen(weights["head.0.weight"])
-        reply = send("train", site_copy, tmp_path / "state", weights=weights)
+    flat = exchanged(initial_weights(SMALL_RUN))[FLAT_KEY]
+    wide = flat.astype(np.float64)
+    wide[-33:-1] = 1e300  # head.2.weight
+    for odd in (wide, flat.astype(np.longdouble)):
+        reply = send("train", site_copy, tmp_path / "state", arrays={FLAT_KEY: odd})
         assert reply.has_error() and reply.error.code == ERROR_WEIGHTS
     assert not (tmp_path / "state" / LEDGER_FILE).exists()
 
@@ -181,7 +189,7 @@ def test_memory_of_per_sample_gradients_and_of_evaluation_is_bounded(site_copy: 
     from client.site_round import _evaluation_batch, prepare
     job = prepare(f"{SMALL_RUN} data.image_size=256 model.image_channels=[64] train.batch_size=1",
                   {"data-path": str(site_copy), "state-dir": str(tmp_path / "eval")},
-                  initial_weights(f"{SMALL_RUN} data.image_size=256 model.image_channels=[64] train.batch_size=1"))
+                  exchanged(initial_weights(f"{SMALL_RUN} data.image_size=256 model.image_channels=[64] train.batch_size=1")))
     from model.networks import activation_bytes
     per_patient = activation_bytes(job.cfg.model, image_size=256, note_tokens=job.cfg.data.note_max_tokens)
     assert 1 <= _evaluation_batch(job) * per_patient <= 256 << 20 and _evaluation_batch(job) < 256

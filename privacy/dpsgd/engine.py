@@ -25,7 +25,6 @@ therefore built here as Opacus' PrivacyEngine.make_private builds them, with tho
 from __future__ import annotations
 
 import logging
-import secrets
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -45,11 +44,10 @@ from privacy.dpsgd.clipped_sum_optimizer import ClippedSumOptimizer
 from privacy.dpsgd.finite_clipping import FiniteDPOptimizer, per_sample_losses, zero_nonfinite_losses
 from privacy.dpsgd.finite_ghost import FiniteGhostCriterion
 
-BK = "bk"
-GHOST = "ghost"
-HOOKS = "hooks"
-EW = "ew"
-SUPPORTED_MODES = (BK, HOOKS, GHOST, EW)
+from privacy.dpsgd.settings import BK, EW, GHOST, HOOKS, SUPPORTED_MODES, DPSettings, os_seeded_generator
+
+__all__ = ["BK", "EW", "GHOST", "HOOKS", "SUPPORTED_MODES", "DPSettings", "PrivateTraining", "make_private",
+           "os_seeded_generator"]
 
 
 class _BatchSized(nn.Module):
@@ -80,16 +78,6 @@ class _BookkeptLoss:
 
     def item(self) -> float:
         return float(self._loss.detach())
-
-
-@dataclass(frozen=True)
-class DPSettings:
-    """Per-round DP-SGD settings a site applies."""
-
-    noise_multiplier: float
-    max_grad_norm: float
-    accountant: str
-    grad_sample_mode: str
 
 
 @dataclass
@@ -181,17 +169,6 @@ def _floats_to(batch: Any, dtype: torch.dtype) -> Any:
         return batch.to(dtype) if batch.is_floating_point() else batch
     converted = [_floats_to(t, dtype) for t in batch]
     return type(batch)(*converted) if hasattr(batch, "_fields") else type(batch)(converted)
-
-
-def os_seeded_generator(device: torch.device) -> torch.Generator:
-    """A generator seeded from the operating system's entropy pool, never from configuration.
-
-    DP noise and Poisson sampling must be unpredictable to the coordinator: a noise sequence it
-    could replay (same seed, same shapes) could be subtracted from the released update.
-    """
-    generator = torch.Generator(device=device)
-    generator.manual_seed(secrets.randbits(63))
-    return generator
 
 
 def make_private(model: nn.Module, optimizer: Optimizer, loader: DataLoader, *,

@@ -1,0 +1,104 @@
+"""What every message of a run would otherwise re-derive, kept for the life of one process.
+
+A SiteCache holds:
+- composed experiment configs by override string (Hydra composition costs 0.3-1 s, and every
+  message of a run carries the same string); a ConfigError is never cached;
+- the site's AccountingCache (privacy/accounting_cache.py: Opacus' epsilons, bit for bit, with
+  each mechanism's RDP curve computed once);
+- the loaded arrays of the last sites (least recently used first out; default 2 entries, so a
+  process that serves one site holds one), each keyed by everything the load depends on: the
+  site and cache folders, the data settings, the site's own configuration, and a fingerprint of
+  the site folder's files (client/site_data/fingerprint.py). A changed file, setting or
+  site.yaml is a miss, and the site is loaded again.
+
+This is process state, on purpose and in one place: client/app.py's ClientApp object owns the
+one SiteCache of a process (a deployed site's task runner and a simulation's Ray actors are
+long-lived and call that ClientApp for every message); everything else receives it as an
+argument. The arrays it hands out are read-only (numpy `writeable=False`), so no message can
+change what the next one sees. Thread-safe (one lock; a load happens outside it).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from client.site_data.loader import SiteArrays
+from configs.load import load_experiment, split_overrides
+from configs.schema import DataConfig, ExperimentConfig, SiteFileConfig
+from privacy.accounting_cache import AccountingCache
+
+
+@dataclass(frozen=True)
+class SiteKey:
+    """Everything a site load depends on besides its files' contents."""
+
+    data_dir: Path
+    cache_dir: Path
+    data: DataConfig
+    site_file: SiteFileConfig
+
+
+@dataclass(frozen=True)
+class CachedSite:
+    """A site as loaded: its labelled-patient count and its arrays (read-only)."""
+
+    fingerprint: str
+    patients: int
+    arrays: SiteArrays
+
+
+class SiteCache:
+    """Per-process memo of composed configs and loaded sites (see the module docstring)."""
+
+    def __init__(self, *, sites: int = 2, configs: int = 4) -> None:
+        if sites < 1 or configs < 1:
+            raise ValueError("a SiteCache keeps at least one site and one config")
+        self._max_sites, self._max_configs = sites, configs
+        self._sites: list[tuple[SiteKey, CachedSite]] = []  # most recently used last
+        self._configs: OrderedDict[str, ExperimentConfig] = OrderedDict()
+        self._lock = threading.Lock()
+        self.accounting = AccountingCache()
+
+    @property
+    def loaded_sites(self) -> int:
+        """Sites whose arrays are kept."""
+        return len(self._sites)
+
+    def experiment(self, overrides: str) -> ExperimentConfig:
+        """configs/ composed with `overrides` (configs.load.load_experiment), composed once per
+        distinct string. Raises ConfigError as load_experiment does (never cached)."""
+        with self._lock:
+            if overrides in self._configs:
+                self._configs.move_to_end(overrides)
+                return self._configs[overrides]
+        cfg = load_experiment(split_overrides(overrides))
+        with self._lock:
+            self._configs[overrides] = cfg
+            while len(self._configs) > self._max_configs:
+                self._configs.popitem(last=False)
+        return cfg
+
+    def site(self, key: SiteKey, fingerprint: str) -> CachedSite | None:
+        """The site loaded under `key` if its files still have `fingerprint`, else None."""
+        with self._lock:
+            for i, (k, entry) in enumerate(self._sites):
+                if k == key and entry.fingerprint == fingerprint:
+                    self._sites.append(self._sites.pop(i))
+                    return entry
+        return None
+
+    def keep(self, key: SiteKey, fingerprint: str, patients: int, arrays: SiteArrays) -> CachedSite:
+        """Remember a load (its arrays made read-only), replacing any entry of the same site and
+        folders and dropping the least recently used beyond the capacity."""
+        for f in fields(arrays):
+            getattr(arrays, f.name).flags.writeable = False
+        entry = CachedSite(fingerprint, patients, arrays)
+        with self._lock:
+            self._sites = [(k, e) for k, e in self._sites
+                           if (k.data_dir, k.cache_dir) != (key.data_dir, key.cache_dir)]
+            self._sites.append((key, entry))
+            del self._sites[:-self._max_sites]
+        return entry
