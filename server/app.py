@@ -54,11 +54,35 @@ class RecordingFedAvg(FedAvg):
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self.recorder, self.run_dir, self.reference = recorder, run_dir, reference
         self.sent: dict[str, np.ndarray] | None = None  # the global model of the current round
+        self.asked: list[int] = []  # the node ids this phase's messages went to
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
                         ) -> Iterable[Message]:
         self.sent = {k: v.numpy() for k, v in arrays.items()}
-        return super().configure_train(server_round, arrays, config, grid)
+        messages = list(super().configure_train(server_round, arrays, config, grid))
+        self.asked = [m.metadata.dst_node_id for m in messages]
+        return messages
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+                           ) -> Iterable[Message]:
+        messages = list(super().configure_evaluate(server_round, arrays, config, grid))
+        self.asked = [m.metadata.dst_node_id for m in messages]
+        return messages
+
+    def _failed(self, replies: list[Message]) -> dict[str, str]:
+        """The sites asked in this phase that neither answered nor declined: {site: why}.
+
+        A site with no reply of its own (Flower's "node unavailable" comes from the SuperLink, not
+        the site) is one that went offline or did not answer within strategy.round_timeout."""
+        answered = {m.metadata.src_node_id: m for m in replies}
+        failed = {}
+        for node in self.asked:
+            reply = answered.get(node)
+            if reply is None:
+                failed[self.recorder.site_name(node)] = "no reply (offline, or past strategy.round_timeout)"
+            elif reply.has_error() and reply.error.code not in DECLINE_REASONS:
+                failed[_site(reply, self.recorder)] = f"error {reply.error.code}"
+        return failed
 
     def _valid(self, server_round: int, replies: list[Message]) -> list[Message]:
         """Replies whose update can be averaged; the others are recorded as rejected, with why."""
@@ -74,7 +98,9 @@ class RecordingFedAvg(FedAvg):
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        replies = self._valid(server_round, list(replies))
+        replies = list(replies)
+        failed = self._failed(replies)
+        replies = self._valid(server_round, replies)
         arrays, metrics = super().aggregate_train(server_round, replies) if replies else (None, None)
         ok = [m for m in replies if not m.has_error()]
         declined = {m.metadata.src_node_id: m.error.code for m in replies
@@ -82,7 +108,7 @@ class RecordingFedAvg(FedAvg):
         self.recorder.trained(server_round, [SiteTraining(
             _site(m, self.recorder), int(_metrics(m)["num-examples"]),
             float(_metrics(m)["epsilon"]), float(_metrics(m)["delta"]), float(_metrics(m)["lifetime-epsilon"]),
-            _compute_s(m)) for m in ok], failures=len(replies) - len(ok) - len(declined), declined=declined)
+            _compute_s(m)) for m in ok], failed=failed, declined=declined)
         if arrays is not None:
             save_checkpoint(self.run_dir, _named(arrays, self.reference), server_round)
         return arrays, metrics
@@ -96,8 +122,7 @@ class RecordingFedAvg(FedAvg):
                                 float(_metrics(m)["auroc-std"]), float(_metrics(m)["lifetime-epsilon"]),
                                 _compute_s(m))
                  for m in ok]
-        declined = sum(1 for m in replies if m.has_error() and m.error.code in DECLINE_REASONS)
-        result = self.recorder.evaluated(server_round, evals, failures=len(replies) - len(ok) - declined)
+        result = self.recorder.evaluated(server_round, evals, failed=self._failed(replies))
         values = {"auroc": result.auroc, "loss": result.loss}
         return MetricRecord({k: float(v) for k, v in values.items() if v is not None}) if ok else None
 

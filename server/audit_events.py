@@ -7,8 +7,8 @@ reasons and counts, never data. Events (storage.audit_log adds `time` and `event
 
     run-started     run_folder, flower_run_id, app_sha256 (Flower's hash of the submitted bundle), rounds
     round-trained   run_folder, flower_run_id, round, trained [names], declined {name: reason},
-                    failed (count of error replies that are no decline), rejected {name: why}
-    round-evaluated run_folder, flower_run_id, round, evaluated [names], failed (count), auroc
+                    failed {name: why: an error code, or no reply}, rejected {name: why}
+    round-evaluated run_folder, flower_run_id, round, evaluated [names], failed {name: why}, auroc
 """
 
 from __future__ import annotations
@@ -42,20 +42,21 @@ class AuditedRecorder(RunRecorder):
         self.audit_log = audit_log
         self.run_fields: dict[str, object] = {"run_folder": run_folder, "flower_run_id": str(flower_run_id)}
 
-    def trained(self, number: int, sites: Sequence[SiteTraining], failures: int,
+    def trained(self, number: int, sites: Sequence[SiteTraining], failed: Mapping[str, str],
                 declined: Mapping[int, int] | None = None) -> None:
-        super().trained(number, sites, failures, declined)
+        super().trained(number, sites, failed, declined)
         record = self.rounds[number]
         append_event(self.audit_log, "round-trained", {
             **self.run_fields, "round": number, "trained": [s.site for s in sites],
             "declined": {self.site_name(node): DECLINE_REASONS.get(code, f"code {code}")
                          for node, code in record.declined.items()},
-            "failed": failures, "rejected": dict(record.rejected)})
+            "failed": dict(failed), "rejected": dict(record.rejected)})
 
-    def evaluated(self, number: int, sites: Sequence[SiteEvaluation], failures: int) -> GlobalEvaluation:
-        result = super().evaluated(number, sites, failures)
+    def evaluated(self, number: int, sites: Sequence[SiteEvaluation], failed: Mapping[str, str]
+                  ) -> GlobalEvaluation:
+        result = super().evaluated(number, sites, failed)
         append_event(self.audit_log, "round-evaluated", {
-            **self.run_fields, "round": number, "evaluated": [s.site for s in sites], "failed": failures,
+            **self.run_fields, "round": number, "evaluated": [s.site for s in sites], "failed": dict(failed),
             "auroc": result.auroc})
         return result
 

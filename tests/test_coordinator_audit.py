@@ -45,14 +45,15 @@ def test_the_serverapp_records_who_trained_declined_failed_and_evaluated_per_rou
     assert isinstance(recorder, AuditedRecorder)
     recorder.names[12] = "site-b"
     recorder.rejected(1, "site-c", "non-finite values")
-    recorder.trained(1, [SiteTraining("site-a", 120, 1.5, 1e-5, 1.5)], failures=2, declined={12: 701})
-    recorder.evaluated(1, [SiteEvaluation("site-a", 0.7, 0.5, 40, 0.1, True, 0.01, 1.6)], failures=0)
+    recorder.trained(1, [SiteTraining("site-a", 120, 1.5, 1e-5, 1.5)],
+                     failed={"site-b": "error 603", "site-c": "no reply"}, declined={12: 701})
+    recorder.evaluated(1, [SiteEvaluation("site-a", 0.7, 0.5, 40, 0.1, True, 0.01, 1.6)], failed={})
     events = read_events(log).events
     assert [e["event"] for e in events] == ["run-started", "round-trained", "round-evaluated"]
     assert events[0]["app_sha256"] == "ab" * 32 and events[0]["flower_run_id"] == "77"
     assert events[0]["run_folder"] == "r1" and events[0]["rounds"] == 2
     trained = events[1]
-    assert trained["trained"] == ["site-a"] and trained["failed"] == 2 and trained["round"] == 1
+    assert trained["trained"] == ["site-a"] and trained["failed"] == {"site-b": "error 603", "site-c": "no reply"} and trained["round"] == 1
     assert list(trained["declined"]) == ["site-b"]  # type: ignore[call-overload]
     assert trained["rejected"] == {"site-c": "non-finite values"}
     assert events[2]["evaluated"] == ["site-a"] and events[2]["auroc"] == pytest.approx(0.7)
