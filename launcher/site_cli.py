@@ -1,4 +1,4 @@
-"""`fedclinic site init | start | approve | audit`: a hospital's node (docs/deployment-site.md).
+"""`fedclinic site init | start | approve | audit`: a hospital's node (docs/deployment.md).
 
 `site check` (the readiness check) lives in launcher/cli.py.
 """

@@ -1,4 +1,4 @@
-"""A site's node.toml, parsed once into a frozen NodeSettings (see docs/deployment-site.md).
+"""A site's node.toml, parsed once into a frozen NodeSettings (see docs/deployment.md).
 
     [site]
     name = "site-a"                     # letters, digits and '-'
@@ -189,7 +189,7 @@ def render_node_toml(settings: NodeSettings, relative_to: Path) -> str:
         return toml_string(path.relative_to(relative_to).as_posix() if path.is_relative_to(relative_to)
                            else str(path))
 
-    return (f"# fedclinic site node: written by `fedclinic site init`; see docs/deployment-site.md\n"
+    return (f"# fedclinic site node: written by `fedclinic site init`; see docs/deployment.md\n"
             f"[site]\nname = {toml_string(settings.name)}\ndata = {toml_string(str(settings.data))}\n"
             f"state = {toml_string(str(settings.state))}\nsite-config = {text(settings.site_config)}\n\n"
             f"[coordinator]\naddress = {toml_string(settings.coordinator)}\nca = {text(settings.ca)}\n\n"
