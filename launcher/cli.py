@@ -71,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     console = Console()
     from configs.parse import ConfigError
-    from client.site_data.loader import SiteDataError
+    from client.site_data.errors import SiteDataError
     from privacy.ledger import LedgerError
     try:
         if args.command == "synth":
