@@ -178,10 +178,8 @@ check_site() {
 
 check_coordinator() {
     say "check: $COORDINATOR_IMAGE"
-    local fence='echo "no docker/fence/ in this tree yet"'
-    # shellcheck disable=SC2016  # expanded inside the image
-    if [ -f docker/fence/nginx.conf.template ]; then fence='test -f "$FEDCLINIC_FENCE_TEMPLATE"'; fi
-    in_image "$COORDINATOR_IMAGE" "set -eux; id; fedclinic --version; nginx -v; $fence"
+    in_image "$COORDINATOR_IMAGE" 'set -eux; id; fedclinic --version; nginx -v
+        python -c "from launcher.fence import template_path; print(template_path())"'
 }
 
 need buildah debootstrap python3
