@@ -72,7 +72,8 @@ def test_a_changed_site_yaml_is_a_new_load(site_copy: Path, tmp_path: Path) -> N
     assert second.arrays is not first.arrays and second.arrays.is_val.sum() > first.arrays.is_val.sum()
 
 
-def test_sites_beyond_the_capacity_are_dropped_least_recently_used_first(small_sites: Path, tmp_path: Path) -> None:
+def test_sites_beyond_the_count_or_the_bytes_are_dropped_least_recently_used_first(small_sites: Path,
+                                                                                    tmp_path: Path) -> None:
     cache = SiteCache(sites=2)
     a = job(small_sites / "site-a", tmp_path / "a", cache)
     job(small_sites / "site-b", tmp_path / "b", cache)
@@ -80,6 +81,18 @@ def test_sites_beyond_the_capacity_are_dropped_least_recently_used_first(small_s
     job(small_sites / "site-c", tmp_path / "c", cache)  # drops site-b, the least recently used
     assert job(small_sites / "site-a", tmp_path / "a", cache).arrays is a.arrays
     assert cache.loaded_sites == 2
+    one_site = sum(getattr(a.arrays, f.name).nbytes for f in fields(a.arrays))
+    small = SiteCache(max_bytes=one_site + one_site // 2)  # room for one of these sites only
+    job(small_sites / "site-a", tmp_path / "a", small)
+    job(small_sites / "site-b", tmp_path / "b", small)
+    assert small.loaded_sites == 1
+    empty = SiteCache(max_bytes=0)
+    assert empty.keep(*_entry(a)).arrays is a.arrays and empty.loaded_sites == 0  # handed out, not kept
+
+
+def _entry(j: SiteJob) -> tuple[object, ...]:
+    from client.site_cache import SiteKey
+    return SiteKey(j.site.data_dir, j.site.cache_dir, j.cfg.data, j.site_file), "fp", 1, j.arrays
 
 
 def test_configs_are_composed_once_per_override_string_and_errors_are_not_kept() -> None:
@@ -88,3 +101,14 @@ def test_configs_are_composed_once_per_override_string_and_errors_are_not_kept()
     for _ in range(2):
         with pytest.raises(ConfigError):
             cache.experiment("rounds=0")
+
+
+def test_the_client_app_travels_by_reference_so_a_ray_actor_keeps_its_cache() -> None:
+    """Flower's simulation pickles the ClientApp for every message it sends to a Ray actor."""
+    import pickle
+
+    from ray import cloudpickle  # what Flower's Ray backend uses
+
+    from client.app import app
+    assert pickle.loads(pickle.dumps(app)) is app
+    assert cloudpickle.loads(cloudpickle.dumps(app)) is app
