@@ -13,6 +13,9 @@ A SiteCache holds:
   deployed site's process serves one site, so it holds one entry; a simulation's Ray actor
   serves whichever virtual site comes next (3 sites on 2 actors in the demo), so it must hold
   every site of a small federation to reuse any (2,000 patients at 64 x 64: 37 MB each).
+  A process that has not loaded a site yet first looks for the snapshot another process of the
+  same site left in its cache folder (client/site_data/snapshot.py: one file, used only for
+  exactly the same files, settings and loader code), and each load leaves one.
 
 This is process state, on purpose and in one place: client/app.py's ClientApp object owns the
 one SiteCache of a process (a deployed site's task runner and a simulation's Ray actors are
@@ -29,6 +32,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from client.site_data.loader import SiteArrays
+from client.site_data.snapshot import read_snapshot, snapshot_digest, write_snapshot
 from configs.load import load_experiment, split_overrides
 from configs.schema import DataConfig, ExperimentConfig, SiteFileConfig
 from privacy.accounting_cache import AccountingCache
@@ -85,18 +89,26 @@ class SiteCache:
         return cfg
 
     def site(self, key: SiteKey, fingerprint: str) -> CachedSite | None:
-        """The site loaded under `key` if its files still have `fingerprint`, else None."""
+        """The site loaded under `key` if its files still have `fingerprint`: from this process's
+        memory, else from the snapshot another process of the site left (client/site_data/
+        snapshot.py); None when neither matches."""
         with self._lock:
             for i, (k, entry) in enumerate(self._sites):
                 if k == key and entry.fingerprint == fingerprint:
                     self._sites.append(self._sites.pop(i))
                     return entry
-        return None
+        found = read_snapshot(key.cache_dir, snapshot_digest(_describe(key), fingerprint))
+        return None if found is None else self._remember(key, fingerprint, *found)
 
     def keep(self, key: SiteKey, fingerprint: str, patients: int, arrays: SiteArrays) -> CachedSite:
-        """Remember a load (its arrays made read-only), replacing any entry of the same site and
-        folders and dropping the least recently used beyond the count or the byte budget (a load
-        larger than the whole budget is not kept)."""
+        """Remember a load: in memory (see _remember) and as the site's snapshot on disk."""
+        write_snapshot(key.cache_dir, snapshot_digest(_describe(key), fingerprint), patients, arrays)
+        return self._remember(key, fingerprint, patients, arrays)
+
+    def _remember(self, key: SiteKey, fingerprint: str, patients: int, arrays: SiteArrays) -> CachedSite:
+        """Keep a site in memory (its arrays made read-only), replacing any entry of the same site
+        and folders and dropping the least recently used beyond the count or the byte budget (a
+        load larger than the whole budget is not kept)."""
         for f in fields(arrays):
             getattr(arrays, f.name).flags.writeable = False
         entry = CachedSite(fingerprint, patients, arrays)
@@ -110,6 +122,11 @@ class SiteCache:
 
     def _bytes(self) -> int:
         return sum(_nbytes(e.arrays) for _, e in self._sites)
+
+
+def _describe(key: SiteKey) -> str:
+    """The load's inputs besides file contents, as text (dataclass reprs: every field, in order)."""
+    return f"{key.data_dir}\n{key.cache_dir}\n{key.data!r}\n{key.site_file!r}"
 
 
 def _nbytes(arrays: SiteArrays) -> int:

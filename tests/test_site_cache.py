@@ -13,6 +13,7 @@ import pytest
 from client.site_cache import SiteCache
 from client.site_data.fingerprint import folder_fingerprint
 from client.site_data.loader import load_site
+from client.site_data.snapshot import SNAPSHOT_FILE
 from client.site_round import SiteJob, prepare
 from configs.parse import ConfigError
 from messages import SMALL_RUN, exchanged, initial_weights
@@ -112,3 +113,19 @@ def test_the_client_app_travels_by_reference_so_a_ray_actor_keeps_its_cache() ->
     from client.app import app
     assert pickle.loads(pickle.dumps(app)) is app
     assert cloudpickle.loads(cloudpickle.dumps(app)) is app
+
+
+def test_another_process_reuses_the_snapshot_only_for_the_same_files(site_copy: Path, tmp_path: Path) -> None:
+    """A fresh SiteCache stands for another process of the site (a Ray actor, a restarted runner)."""
+    first = job(site_copy, tmp_path / "state", SiteCache())
+    snapshot = tmp_path / "state" / "cache" / SNAPSHOT_FILE
+    assert snapshot.is_file() and snapshot.stat().st_mode & 0o077 == 0
+    other = job(site_copy, tmp_path / "state", SiteCache())
+    assert other.arrays is not first.arrays and same_arrays(other.arrays, first.arrays)
+    notes = site_copy / "notes.csv"
+    notes.write_text(notes.read_text().replace("a", "b"))  # a change the loader sees
+    changed = job(site_copy, tmp_path / "state", SiteCache())
+    fresh, _ = load_site(site_copy, changed.cfg.data, cache_dir=tmp_path / "fresh", site_file=changed.site_file)
+    assert same_arrays(changed.arrays, fresh) and not np.array_equal(changed.arrays.tokens, first.arrays.tokens)
+    snapshot.write_bytes(snapshot.read_bytes()[:1000])  # damaged: loaded from the files again
+    assert same_arrays(job(site_copy, tmp_path / "state", SiteCache()).arrays, fresh)
