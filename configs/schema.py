@@ -78,6 +78,8 @@ class StrategyConfig:
     fraction_train: float
     fraction_evaluate: float
     min_nodes: int
+    round_timeout: float  # seconds a round waits for replies (Strategy.start(timeout=...)); a dead site
+                          # no longer stalls it
 
 
 @dataclass(frozen=True)
@@ -90,10 +92,13 @@ class SimulationConfig:
 
 @dataclass(frozen=True)
 class OutputConfig:
-    """Where run folders go; run_dir pins one (the launcher sets it)."""
+    """Where run folders go; run_dir pins one (the launcher sets it). audit_log: the coordinator's
+    audit log the ServerApp appends per-round events to (set by `fedclinic run --federation`; sites
+    ignore it)."""
 
     root: str
     run_dir: str | None
+    audit_log: str | None = None
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ RELEASE_MAXIMA = {
     "rounds": 100_000, "train.local_epochs": 10_000, "train.batch_size": 10_000_000,
     "train.lr": 1000.0, "train.num_threads": 1024, "data.image_size": 512, "data.note_buckets": 1 << 20,
     "data.note_max_tokens": 4096, "model.width": 4096, "model.conv_layers": 8,
-    "privacy.target_epsilon": 100.0, "privacy.max_grad_norm": 1e6,
+    "privacy.target_epsilon": 100.0, "privacy.max_grad_norm": 1e6, "strategy.round_timeout": 86_400.0,
 }
 
 
@@ -71,6 +71,7 @@ def validate_experiment(cfg: ExperimentConfig) -> None:
     _require(0 < s.fraction_train <= 1, "strategy.fraction_train", "must be in (0, 1]")
     _require(0 <= s.fraction_evaluate <= 1, "strategy.fraction_evaluate", "must be in [0, 1]")
     _require(s.min_nodes >= 1, "strategy.min_nodes", "must be >= 1")
+    _in_range(s.round_timeout, 1, m["strategy.round_timeout"], "strategy.round_timeout")
     _require(cfg.simulation.cpus_per_site >= 1, "simulation.cpus_per_site", "must be an integer >= 1")
 
 

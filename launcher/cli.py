@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 DEMO_PATIENTS = 2000  # per site: enough for DP-SGD at epsilon 8 to learn the synthetic task
 
@@ -28,7 +29,10 @@ def _parser() -> argparse.ArgumentParser:
                        help="export like a real hospital: DICOM variants, broken files, mixed units, ...")
     synth.add_argument("--only", nargs="*", default=[], metavar="SITE=MODS",
                        help="restrict a whole site's modalities, e.g. site-b=labs site-c=image+notes")
-    run = sub.add_parser("run", help="run a federated experiment in Flower's simulation engine")
+    run = sub.add_parser("run", help="run a federated experiment in Flower's simulation engine, or (--federation) "
+                         "submit it to a coordinator's sites")
+    run.add_argument("--federation", type=Path, metavar="DIR", help="a coordinator folder: submit the installed "
+                     "release to its SuperLink with `flwr run` (docs/deployment.md)")
     run.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. data.root=DIR rounds=5")
     site = sub.add_parser("site", help="site IT tools").add_subparsers(dest="site_command", required=True)
     check = site.add_parser("check", help="validate a site folder without training; print and save a report")
@@ -42,8 +46,12 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--state-dir", type=Path, help="the site's state folder (default: beside the data)")
     check.add_argument("--site-config", type=Path, help="site.yaml (default: <folder>/site.yaml)")
     check.add_argument("overrides", nargs="*", help="Hydra overrides of the data settings")
+    from launcher.site_cli import add_parsers as add_site_parsers
+    add_site_parsers(site)
     from launcher.privacy_cli import add_parsers as add_privacy_parsers
     add_privacy_parsers(sub)
+    from launcher.coordinator_cli import add_parsers as add_coordinator_parsers
+    add_coordinator_parsers(sub)
     demo = sub.add_parser("demo", help="synthesise three hospitals and run the default experiment")
     demo.add_argument("--work", type=Path, default=Path("fedclinic-demo"), help="where the sites go")
     demo.add_argument("overrides", nargs="*", help="extra Hydra overrides")
@@ -68,8 +76,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "synth":
             return _synth(args, console)
+        if args.command == "run" and args.federation:
+            from launcher.federation_run import run_federation
+            return run_federation(args.federation, list(args.overrides), console)
         if args.command == "run":
             return _run(list(args.overrides), console)
+        if args.command == "site" and args.site_command != "check":
+            from launcher.site_cli import run as site_command
+            return site_command(args, console)
+        if args.command in ("coordinator", "certs"):
+            from launcher.coordinator_cli import run as coordinator_command
+            return coordinator_command(args, console)
         if args.command == "site":
             return _site_check(args, console)
         if args.command == "privacy":
@@ -77,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return privacy_command(args, console)
         return _demo(args, console)
     except (ConfigError, SiteDataError, LedgerError, ValueError, FileExistsError) as exc:
-        console.print(f"[red]fedclinic {args.command}: {exc}[/red]", soft_wrap=True, highlight=False)
+        console.print(f"[red]fedclinic {args.command}: {escape(str(exc))}[/red]", soft_wrap=True, highlight=False)
         return 2
 
 

@@ -17,6 +17,7 @@ from configs.schema import ExperimentConfig
 from model.exchange import Layout, from_exchange, state_to_numpy, to_exchange
 from model.networks import build_model
 from privacy.decline import REASONS as DECLINE_REASONS
+from server.audit_events import run_recorder
 from server.evaluation import SiteEvaluation
 from server.recorder import RunRecorder, SiteTraining
 from server.run_folder import CONFIG, SHARED, SUMMARY, create_run_folder, save_checkpoint
@@ -53,11 +54,35 @@ class RecordingFedAvg(FedAvg):
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self.recorder, self.run_dir, self.reference = recorder, run_dir, reference
         self.sent: dict[str, np.ndarray] | None = None  # the global model of the current round
+        self.asked: list[int] = []  # the node ids this phase's messages went to
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
                         ) -> Iterable[Message]:
         self.sent = {k: v.numpy() for k, v in arrays.items()}
-        return super().configure_train(server_round, arrays, config, grid)
+        messages = list(super().configure_train(server_round, arrays, config, grid))
+        self.asked = [m.metadata.dst_node_id for m in messages]
+        return messages
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+                           ) -> Iterable[Message]:
+        messages = list(super().configure_evaluate(server_round, arrays, config, grid))
+        self.asked = [m.metadata.dst_node_id for m in messages]
+        return messages
+
+    def _failed(self, replies: list[Message]) -> dict[str, str]:
+        """The sites asked in this phase that neither answered nor declined: {site: why}.
+
+        A site with no reply of its own (Flower's "node unavailable" comes from the SuperLink, not
+        the site) is one that went offline or did not answer within strategy.round_timeout."""
+        answered = {m.metadata.src_node_id: m for m in replies}
+        failed = {}
+        for node in self.asked:
+            reply = answered.get(node)
+            if reply is None:
+                failed[self.recorder.site_name(node)] = "no reply (offline, or past strategy.round_timeout)"
+            elif reply.has_error() and reply.error.code not in DECLINE_REASONS:
+                failed[_site(reply, self.recorder)] = f"error {reply.error.code}"
+        return failed
 
     def _valid(self, server_round: int, replies: list[Message]) -> list[Message]:
         """Replies whose update can be averaged; the others are recorded as rejected, with why."""
@@ -73,7 +98,9 @@ class RecordingFedAvg(FedAvg):
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        replies = self._valid(server_round, list(replies))
+        replies = list(replies)
+        failed = self._failed(replies)
+        replies = self._valid(server_round, replies)
         arrays, metrics = super().aggregate_train(server_round, replies) if replies else (None, None)
         ok = [m for m in replies if not m.has_error()]
         declined = {m.metadata.src_node_id: m.error.code for m in replies
@@ -81,7 +108,7 @@ class RecordingFedAvg(FedAvg):
         self.recorder.trained(server_round, [SiteTraining(
             _site(m, self.recorder), int(_metrics(m)["num-examples"]),
             float(_metrics(m)["epsilon"]), float(_metrics(m)["delta"]), float(_metrics(m)["lifetime-epsilon"]),
-            _compute_s(m)) for m in ok], failures=len(replies) - len(ok) - len(declined), declined=declined)
+            _compute_s(m)) for m in ok], failed=failed, declined=declined)
         if arrays is not None:
             save_checkpoint(self.run_dir, _named(arrays, self.reference), server_round)
         return arrays, metrics
@@ -95,8 +122,7 @@ class RecordingFedAvg(FedAvg):
                                 float(_metrics(m)["auroc-std"]), float(_metrics(m)["lifetime-epsilon"]),
                                 _compute_s(m))
                  for m in ok]
-        declined = sum(1 for m in replies if m.has_error() and m.error.code in DECLINE_REASONS)
-        result = self.recorder.evaluated(server_round, evals, failures=len(replies) - len(ok) - declined)
+        result = self.recorder.evaluated(server_round, evals, failed=self._failed(replies))
         values = {"auroc": result.auroc, "loss": result.loss}
         return MetricRecord({k: float(v) for k, v in values.items() if v is not None}) if ok else None
 
@@ -129,14 +155,15 @@ def main(grid: Grid, context: Context) -> None:
     if not (run_dir / CONFIG).exists():
         write_atomic(run_dir / CONFIG, to_yaml(overrides).encode(), mode=SHARED)
     initial, reference = initial_record(cfg)
-    recorder = RunRecorder(cfg.rounds)
+    recorder = run_recorder(cfg, run_dir, context.run_id, grid)  # + audit log events when output.audit_log
     s = cfg.strategy
     strategy = RecordingFedAvg(recorder, run_dir, reference, fraction_train=s.fraction_train,
                                fraction_evaluate=s.fraction_evaluate, min_train_nodes=s.min_nodes,
                                min_evaluate_nodes=s.min_nodes, min_available_nodes=s.min_nodes)
     with recorder.live():
         result = strategy.start(grid=grid, initial_arrays=initial, num_rounds=cfg.rounds,
-                                train_config=ConfigRecord(), evaluate_config=ConfigRecord())
+                                timeout=s.round_timeout, train_config=ConfigRecord(),
+                                evaluate_config=ConfigRecord())
     save_checkpoint(run_dir, _named(result.arrays, reference), cfg.rounds)
     write_json(run_dir / SUMMARY, build_summary(cfg, recorder, run_dir.name, context.run_id))
     recorder.console.print(recorder.table())

@@ -32,12 +32,12 @@ class RoundRecord:
 
     round: int
     training: list[SiteTraining] = field(default_factory=list)
-    train_failures: int = 0
+    train_failed: dict[str, str] = field(default_factory=dict)  # site -> why it did not train (no decline)
     declined: dict[int, int] = field(default_factory=dict)  # node id -> decline code
     rejected: dict[str, str] = field(default_factory=dict)  # site -> why its update was not averaged
     evaluation: GlobalEvaluation | None = None
     site_evals: list[SiteEvaluation] = field(default_factory=list)
-    eval_failures: int = 0
+    eval_failed: dict[str, str] = field(default_factory=dict)  # site -> why it did not evaluate (no decline)
     ended: float | None = None  # time.monotonic() when its last phase was recorded
 
     @property
@@ -46,6 +46,22 @@ class RoundRecord:
         scoring (each phase waits for its slowest site), from the sites' reported `compute-s`."""
         return (max((t.compute_s for t in self.training), default=0.0)
                 + max((e.compute_s for e in self.site_evals), default=0.0))
+
+    @property
+    def failed_sites(self) -> dict[str, list[str]]:
+        """Every site that failed this round, with what failed: 'training: why', 'evaluation: why',
+        'update left out: why'."""
+        failed: dict[str, list[str]] = {}
+        for phase, sites in (("training", self.train_failed), ("update left out", self.rejected),
+                             ("evaluation", self.eval_failed)):
+            for site, why in sites.items():
+                failed.setdefault(site, []).append(f"{phase}: {why}")
+        return failed
+
+    @property
+    def failures(self) -> int:
+        """Failed phases this round (a site that failed training and evaluation counts twice)."""
+        return len(self.train_failed) + len(self.eval_failed) + len(self.rejected)
 
     @property
     def max_epsilon(self) -> float | None:
@@ -82,10 +98,12 @@ class RunRecorder:
             finally:
                 self._progress = None
 
-    def trained(self, number: int, sites: Sequence[SiteTraining], failures: int,
+    def trained(self, number: int, sites: Sequence[SiteTraining], failed: Mapping[str, str],
                 declined: Mapping[int, int] | None = None) -> None:
+        """Record a round's training: the sites that trained, those that failed ({site: why}) and
+        those whose policy declined ({node id: decline code})."""
         record = self._round(number)
-        record.training, record.train_failures = list(sites), failures
+        record.training, record.train_failed = list(sites), dict(failed)
         record.declined = dict(declined or {})
         record.ended = time.monotonic()
 
@@ -108,9 +126,11 @@ class RunRecorder:
     def site_name(self, node_id: int) -> str:
         return self.names.get(node_id, f"node-{node_id}")
 
-    def evaluated(self, number: int, sites: Sequence[SiteEvaluation], failures: int) -> GlobalEvaluation:
+    def evaluated(self, number: int, sites: Sequence[SiteEvaluation], failed: Mapping[str, str]
+                  ) -> GlobalEvaluation:
+        """Record a round's evaluation (sites that failed it: {site: why}); prints the round's line."""
         record = self._round(number)
-        record.site_evals, record.eval_failures = list(sites), failures
+        record.site_evals, record.eval_failed = list(sites), dict(failed)
         record.evaluation = aggregate(sites)
         record.ended = time.monotonic()
         self.console.print(_round_line(record, self.total_rounds), soft_wrap=True, highlight=False)
@@ -127,7 +147,7 @@ class RunRecorder:
             ev = r.evaluation
             table.add_row(str(r.round), _auroc(ev), _fmt(ev.loss if ev else None),
                           _fmt(r.max_epsilon, 2), str(len(r.declined)),
-                          str(r.train_failures + r.eval_failures + len(r.rejected)))
+                          str(r.failures))
         return table
 
     def last_site_values(self) -> Mapping[str, dict[str, float | int | None]]:
@@ -164,4 +184,4 @@ def _round_line(r: RoundRecord, total: int) -> str:
     return (f"round {r.round}/{total}: AUROC {_auroc(ev)}  "
             f"loss {_fmt(ev.loss if ev else None)}  max ε {_fmt(r.max_epsilon, 2)}  "
             f"sites {len(r.training)} trained, {len(r.declined)} declined, "
-            f"{r.train_failures + r.eval_failures + len(r.rejected)} failed")
+            f"{r.failures} failed" + "".join(f"; {site}: {', '.join(why)}" for site, why in r.failed_sites.items()))

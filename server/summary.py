@@ -24,7 +24,7 @@ def build_summary(cfg: ExperimentConfig, recorder: RunRecorder, run_id: str, flo
                        "loss": ev.loss if ev else None,
                        "max_epsilon": r.max_epsilon, "sites_trained": len(r.training),
                        "sites_declined": len(r.declined),
-                       "site_failures": r.train_failures + r.eval_failures + len(r.rejected),
+                       "site_failures": r.failures, "failed_sites": r.failed_sites,
                        "wall_s": round(walls[r.round], 3) if r.round in walls else None,
                        "slowest_compute_s": round(r.slowest_compute_s, 1)})
     evaluated = [r for r in rounds if r["auroc"] is not None]

@@ -114,6 +114,8 @@ def test_a_broken_site_fails_its_rounds_while_the_others_finish(tmp_path: Path) 
     summary = json.loads((run_dir / "summary.json").read_text())
     assert set(summary["sites"]) == {"site-a", "site-c"}
     assert [r["site_failures"] for r in summary["rounds"]] == [2, 2]  # train + evaluate, each round
+    for r in summary["rounds"]:  # the broken site, named, with its error code in each phase
+        assert list(r["failed_sites"].values()) == [["training: error 601", "evaluation: error 601"]], r
     assert summary["final_auroc"] is not None
 
 

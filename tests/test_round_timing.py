@@ -13,9 +13,9 @@ def test_round_wall_times_tile_the_run_and_the_floor_is_the_slowest_site_per_pha
     with recorder.live():
         for number in (1, 2):
             recorder.trained(number, [SiteTraining("a", 10, 1.0, 1e-5, 1.0, compute_s=2.5),
-                                      SiteTraining("b", 10, 1.0, 1e-5, 1.0, compute_s=4.0)], failures=0)
+                                      SiteTraining("b", 10, 1.0, 1e-5, 1.0, compute_s=4.0)], failed={})
             recorder.evaluated(number, [SiteEvaluation("a", 0.7, 0.5, 5, compute_s=0.7),
-                                        SiteEvaluation("b", 0.6, 0.5, 5, compute_s=0.2)], failures=0)
+                                        SiteEvaluation("b", 0.6, 0.5, 5, compute_s=0.2)], failed={})
     walls = recorder.wall_seconds()
     assert set(walls) == {1, 2} and all(w >= 0 for w in walls.values())
     assert recorder.started is not None and recorder.rounds[2].ended is not None
