@@ -32,11 +32,23 @@ class SiteClientApp(ClientApp):
     """Flower's ClientApp, owning the process's SiteCache (client/site_cache.py): composed configs
     and the last loaded sites, reused by every message this process handles. A deployed site's
     task runner and a simulation's Ray actors keep one process (so one app object) for many
-    messages; a process started per message simply starts with an empty cache."""
+    messages; a process started per message simply starts with an empty cache.
+
+    It pickles as a reference to the receiving process's own `client.app:app` (as a module-level
+    function pickles by name): Flower's simulation sends the app to a Ray actor with every
+    message, and each actor must keep using its own app, and cache, rather than a fresh copy."""
 
     def __init__(self) -> None:
         super().__init__()
         self.cache = SiteCache()
+
+    def __reduce__(self) -> tuple[Callable[[], SiteClientApp], tuple[()]]:
+        return _installed_app, ()
+
+
+def _installed_app() -> SiteClientApp:
+    """This process's ClientApp (what a pickled SiteClientApp becomes when unpickled)."""
+    return app
 
 
 app = SiteClientApp()

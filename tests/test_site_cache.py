@@ -13,6 +13,7 @@ import pytest
 from client.site_cache import SiteCache
 from client.site_data.fingerprint import folder_fingerprint
 from client.site_data.loader import load_site
+from client.site_data.snapshot import SNAPSHOT_FILE
 from client.site_round import SiteJob, prepare
 from configs.parse import ConfigError
 from messages import SMALL_RUN, exchanged, initial_weights
@@ -72,7 +73,8 @@ def test_a_changed_site_yaml_is_a_new_load(site_copy: Path, tmp_path: Path) -> N
     assert second.arrays is not first.arrays and second.arrays.is_val.sum() > first.arrays.is_val.sum()
 
 
-def test_sites_beyond_the_capacity_are_dropped_least_recently_used_first(small_sites: Path, tmp_path: Path) -> None:
+def test_sites_beyond_the_count_or_the_bytes_are_dropped_least_recently_used_first(small_sites: Path,
+                                                                                    tmp_path: Path) -> None:
     cache = SiteCache(sites=2)
     a = job(small_sites / "site-a", tmp_path / "a", cache)
     job(small_sites / "site-b", tmp_path / "b", cache)
@@ -80,6 +82,18 @@ def test_sites_beyond_the_capacity_are_dropped_least_recently_used_first(small_s
     job(small_sites / "site-c", tmp_path / "c", cache)  # drops site-b, the least recently used
     assert job(small_sites / "site-a", tmp_path / "a", cache).arrays is a.arrays
     assert cache.loaded_sites == 2
+    one_site = sum(getattr(a.arrays, f.name).nbytes for f in fields(a.arrays))
+    small = SiteCache(max_bytes=one_site + one_site // 2)  # room for one of these sites only
+    job(small_sites / "site-a", tmp_path / "a", small)
+    job(small_sites / "site-b", tmp_path / "b", small)
+    assert small.loaded_sites == 1
+    empty = SiteCache(max_bytes=0)
+    assert empty.keep(*_entry(a)).arrays is a.arrays and empty.loaded_sites == 0  # handed out, not kept
+
+
+def _entry(j: SiteJob) -> tuple[object, ...]:
+    from client.site_cache import SiteKey
+    return SiteKey(j.site.data_dir, j.site.cache_dir, j.cfg.data, j.site_file), "fp", 1, j.arrays
 
 
 def test_configs_are_composed_once_per_override_string_and_errors_are_not_kept() -> None:
@@ -88,3 +102,30 @@ def test_configs_are_composed_once_per_override_string_and_errors_are_not_kept()
     for _ in range(2):
         with pytest.raises(ConfigError):
             cache.experiment("rounds=0")
+
+
+def test_the_client_app_travels_by_reference_so_a_ray_actor_keeps_its_cache() -> None:
+    """Flower's simulation pickles the ClientApp for every message it sends to a Ray actor."""
+    import pickle
+
+    from ray import cloudpickle  # what Flower's Ray backend uses
+
+    from client.app import app
+    assert pickle.loads(pickle.dumps(app)) is app
+    assert cloudpickle.loads(cloudpickle.dumps(app)) is app
+
+
+def test_another_process_reuses_the_snapshot_only_for_the_same_files(site_copy: Path, tmp_path: Path) -> None:
+    """A fresh SiteCache stands for another process of the site (a Ray actor, a restarted runner)."""
+    first = job(site_copy, tmp_path / "state", SiteCache())
+    snapshot = tmp_path / "state" / "cache" / SNAPSHOT_FILE
+    assert snapshot.is_file() and snapshot.stat().st_mode & 0o077 == 0
+    other = job(site_copy, tmp_path / "state", SiteCache())
+    assert other.arrays is not first.arrays and same_arrays(other.arrays, first.arrays)
+    notes = site_copy / "notes.csv"
+    notes.write_text(notes.read_text().replace("a", "b"))  # a change the loader sees
+    changed = job(site_copy, tmp_path / "state", SiteCache())
+    fresh, _ = load_site(site_copy, changed.cfg.data, cache_dir=tmp_path / "fresh", site_file=changed.site_file)
+    assert same_arrays(changed.arrays, fresh) and not np.array_equal(changed.arrays.tokens, first.arrays.tokens)
+    snapshot.write_bytes(snapshot.read_bytes()[:1000])  # damaged: loaded from the files again
+    assert same_arrays(job(site_copy, tmp_path / "state", SiteCache()).arrays, fresh)
