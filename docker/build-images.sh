@@ -181,7 +181,7 @@ check_site() {
 check_coordinator() {
     say "check: $COORDINATOR_IMAGE"
     in_image "$COORDINATOR_IMAGE" 'set -eux; id; fedclinic --version; nginx -v
-        python -c "from launcher.fence import template_path; print(template_path())"'
+        python -c "from launcher.coordinator.fence import template_path; print(template_path())"'
 }
 
 need buildah debootstrap python3

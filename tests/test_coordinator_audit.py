@@ -13,9 +13,9 @@ import pytest
 from configs.load import load_experiment
 from configs.parse import ConfigError
 from launcher.cli import main
-from launcher.coordinator_folder import CoordinatorFolder, init_folder
-from launcher.coordinator_sites import check_site_name, read_site_key
-from launcher.federation_run import run_overrides
+from launcher.coordinator.folder import CoordinatorFolder, init_folder
+from launcher.coordinator.sites import check_site_name, read_site_key
+from launcher.coordinator.submit import run_overrides
 from server.audit_events import AuditedRecorder, run_recorder
 from server.evaluation import SiteEvaluation
 from server.recorder import RunRecorder, SiteTraining

@@ -24,8 +24,8 @@ import pytest
 from flwr.proto.runtime_pb2 import AcquireTaskRequest
 from flwr.superlink.routers.fleet.router import router as fleet_router
 
-from launcher.coordinator_folder import CoordinatorFolder
-from launcher.fence import fence_command, render_fence, template_path
+from launcher.coordinator.folder import CoordinatorFolder
+from launcher.coordinator.fence import fence_command, render_fence, template_path
 from launcher.release_app import release_fab
 from storage.audit_log import read_events
 from tests.coordinator_procs import (Started, alive, fedclinic, init_coordinator, listening_addresses,

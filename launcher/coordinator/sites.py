@@ -19,7 +19,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_ssh_public_key
 
-from launcher.coordinator_folder import CONNECTION, CoordinatorFolder
+from launcher.coordinator.folder import CONNECTION, CoordinatorFolder
 from launcher.child_processes import tool
 from storage.audit_log import append_event, read_events
 

@@ -35,7 +35,7 @@ from rich.console import Console
 from client.node.approved_apps import read_allow_list
 from client.node.settings import NodeSettings, render_flat_toml, require_files
 from launcher.release_app import release_fab, release_version
-from launcher.site_diagnosis import CONSOLE_MARKS, ONLINE, RETRYING, diagnose_supernode, node_id
+from launcher.site.diagnosis import CONSOLE_MARKS, ONLINE, RETRYING, diagnose_supernode, node_id
 from storage.atomic import write_atomic
 from storage.audit_log import append_event
 
