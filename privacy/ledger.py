@@ -133,7 +133,8 @@ class Ledger:
         if mark is None:
             raise LedgerError(f"{self.path}: holds {len(lines)} spends but {self.marks.folder} has no high-water "
                               f"mark for it (the state folder was restored or copied, or the mark store was "
-                              f"lost); {_RESTORE}")
+                              f"lost; if the site keeps its marks elsewhere, name that store: --mark-dir, "
+                              f"FEDCLINIC_LEDGER_MARK_DIR, or node.toml [site] ledger-marks); {_RESTORE}")
         _check_prefix(self.path, lines, {"entries": mark.entries, "sha256": mark.sha256},
                       f"its high-water mark in {self.marks.folder}")
         return lines

@@ -101,8 +101,8 @@ def load_settings(path: Path) -> CoordinatorSettings:
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
-        raise SettingsError(f"{path}: not found; make the coordinator folder with "
-                            "`fedclinic coordinator init`") from exc
+        raise SettingsError(f"{path}: not found. Run the command in the coordinator folder or name it with "
+                            "--dir DIR; to make one: `fedclinic coordinator init DIR --host NAME`") from exc
     except (OSError, UnicodeDecodeError) as exc:
         raise SettingsError(f"{path}: cannot read ({exc})") from exc
     except tomllib.TOMLDecodeError as exc:

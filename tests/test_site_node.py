@@ -149,6 +149,14 @@ def test_node_toml_paths_resolve_against_its_folder(tmp_path: Path) -> None:
         load_node_settings(tmp_path / "elsewhere" / "node.toml")
 
 
+def test_the_ledger_mark_store_a_site_names_reaches_its_clientapp(node: Path) -> None:
+    """[site] ledger-marks (outside the backed-up state folder) becomes the node config's ledger-mark-dir."""
+    toml = node / "node.toml"
+    assert 'ledger-marks = ""' in toml.read_text() and "ledger-mark-dir" not in load_node_settings(node).node_config()
+    toml.write_text(toml.read_text().replace('ledger-marks = ""', 'ledger-marks = "../marks"'))
+    assert load_node_settings(node).node_config()["ledger-mark-dir"] == str((node.parent / "marks").resolve())
+
+
 def test_the_cli_prints_the_public_key_to_send_and_approve_and_audit_record_what_was_done(
         tmp_path: Path, pki: dict[str, Path]) -> None:
     (tmp_path / "data").mkdir()

@@ -5,6 +5,7 @@
     data = "/abs/data/site-a"           # the read-only data export
     state = "/abs/state/site-a"         # ledger, cache, logs, audit.jsonl
     site-config = ""                    # optional; "" = <data>/site.yaml
+    ledger-marks = ""                   # optional; the ledger's high-water marks ("" = the default store)
     [coordinator]
     address = "coord.example.org:9092"  # HOST:PORT of the coordinator's fence
     ca = "ca.crt"
@@ -31,11 +32,12 @@ SITE_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 HOST = re.compile(r"\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
 NODE_TOML = "node.toml"
 KEYS: Mapping[str, Mapping[str, type]] = MappingProxyType({
-    "site": MappingProxyType({"name": str, "data": str, "state": str, "site-config": str}),
+    "site": MappingProxyType({"name": str, "data": str, "state": str, "site-config": str,
+                              "ledger-marks": str}),
     "coordinator": MappingProxyType({"address": str, "ca": str}),
     "node": MappingProxyType({"key": str, "runtime-port": int, "approved-apps": str}),
 })
-OPTIONAL = frozenset({("site", "site-config")})
+OPTIONAL = frozenset({("site", "site-config"), ("site", "ledger-marks")})
 
 
 class NodeSettingsError(ValueError):
@@ -56,6 +58,7 @@ class NodeSettings:
     key: Path
     runtime_port: int
     approved_apps: Path
+    ledger_marks: Path | None = None  # None: FEDCLINIC_LEDGER_MARK_DIR, else ~/.local/state/fedclinic/ledger-marks
 
     @property
     def audit_log(self) -> Path:
@@ -83,6 +86,8 @@ class NodeSettings:
         config = {"data-path": str(self.data), "site-name": self.name, "state-dir": str(self.state)}
         if self.site_config is not None:
             config["site-config"] = str(self.site_config)
+        if self.ledger_marks is not None:
+            config["ledger-mark-dir"] = str(self.ledger_marks)
         return config
 
 
@@ -138,7 +143,8 @@ def load_node_settings(config: Path) -> NodeSettings:
         coordinator=check_address(str(values["coordinator.address"]), f"{path}: [coordinator] address"),
         ca=resolve("coordinator.ca"), key=resolve("node.key"),
         runtime_port=check_port(values["node.runtime-port"], f"{path}: [node] runtime-port"),
-        approved_apps=resolve("node.approved-apps"))
+        approved_apps=resolve("node.approved-apps"),
+        ledger_marks=resolve("site.ledger-marks") if values.get("site.ledger-marks") else None)
 
 
 def _checked_values(raw: dict[str, object], path: Path) -> dict[str, object]:
@@ -191,7 +197,10 @@ def render_node_toml(settings: NodeSettings, relative_to: Path) -> str:
 
     return (f"# fedclinic site node: written by `fedclinic site init`; see docs/deployment.md\n"
             f"[site]\nname = {toml_string(settings.name)}\ndata = {toml_string(str(settings.data))}\n"
-            f"state = {toml_string(str(settings.state))}\nsite-config = {text(settings.site_config)}\n\n"
+            f"state = {toml_string(str(settings.state))}\nsite-config = {text(settings.site_config)}\n"
+            f"# the privacy ledger's high-water marks: a folder that restoring the state folder does not reach\n"
+            f"# (\"\" = FEDCLINIC_LEDGER_MARK_DIR, else ~/.local/state/fedclinic/ledger-marks of the service user)\n"
+            f"ledger-marks = {text(settings.ledger_marks)}\n\n"
             f"[coordinator]\naddress = {toml_string(settings.coordinator)}\nca = {text(settings.ca)}\n\n"
             f"[node]\nkey = {text(settings.key)}\nruntime-port = {settings.runtime_port}\n"
             f"approved-apps = {text(settings.approved_apps)}\n")

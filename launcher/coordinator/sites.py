@@ -23,7 +23,7 @@ from launcher.coordinator.folder import CONNECTION, CoordinatorFolder
 from launcher.child_processes import tool
 from storage.audit_log import append_event, read_events
 
-SITE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")
+SITE_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")  # as `fedclinic site init` allows
 FLWR_TIMEOUT_S = 120
 
 
@@ -52,9 +52,10 @@ class SiteRow:
 
 
 def check_site_name(name: str) -> str:
-    """Raises ValueError unless `name` is 1-63 letters, digits, '-' or '_' (starting with a letter or digit)."""
+    """Raises ValueError unless `name` is 1-63 letters, digits and '-' (not at either end), as site init allows."""
     if not SITE_NAME.fullmatch(name):
-        raise ValueError(f"site name {name!r}: use 1-63 letters, digits, '-' or '_', starting with a letter or digit")
+        raise ValueError(f"site name {name!r}: use 1-63 letters, digits and '-' (not at the start or end), "
+                         "the name the site chose at `fedclinic site init`")
     return name
 
 
