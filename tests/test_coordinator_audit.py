@@ -109,10 +109,10 @@ def test_site_keys_must_be_openssh_ecdsa_public_keys(tmp_path: Path) -> None:
         read_site_key(tmp_path / "ed.pub")
     with pytest.raises(ValueError, match="cannot read"):
         read_site_key(tmp_path / "missing.pub")
-    for bad in ("", "site a", "-a", "a/b", "x" * 64, "site.a"):
+    for bad in ("", "site a", "-a", "a-", "a/b", "x" * 64, "site.a", "St_Mary"):  # what `site init` refuses
         with pytest.raises(ValueError, match="site name"):
             check_site_name(bad)
-    assert check_site_name("St_Mary-2") == "St_Mary-2"
+    assert check_site_name("St-Mary-2") == "St-Mary-2"
 
 
 def test_audit_prints_every_event_readably(folder: CoordinatorFolder, capsys: pytest.CaptureFixture[str]) -> None:
