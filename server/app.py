@@ -81,7 +81,7 @@ class RecordingFedAvg(FedAvg):
             if reply is None:
                 failed[self.recorder.site_name(node)] = "no reply (offline, or past strategy.round_timeout)"
             elif reply.has_error() and reply.error.code not in DECLINE_REASONS:
-                failed[_site(reply, self.recorder)] = f"error {reply.error.code}"
+                failed[self.recorder.site_name(node)] = f"error {reply.error.code}"  # an error has no content
         return failed
 
     def _valid(self, server_round: int, replies: list[Message]) -> list[Message]:
