@@ -126,7 +126,7 @@ def test_a_site_killed_mid_round_is_named_the_round_ends_at_its_timeout_and_it_t
         federation: Federation) -> None:
     runner_log = federation.state("site-c") / "logs" / "runner.log"
     before = _acquired(runner_log)
-    with subprocess.Popen([str(BIN / "fedclinic"), "run", "--federation", str(federation.folder.root), "rounds=3",
+    with subprocess.Popen([str(BIN / "fedclinic"), "run", "--federation", str(federation.folder.root), "rounds=4",
                            "strategy.round_timeout=90", *FAST], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True, env={**os.environ, **FLOWER_ENV}) as run:
         # round 1 trains and evaluates at site-c (2 tasks); kill it once round 2's task has arrived
@@ -143,7 +143,9 @@ def test_a_site_killed_mid_round_is_named_the_round_ends_at_its_timeout_and_it_t
     rounds = json.loads((run_dir / "summary.json").read_text())["rounds"]
     assert rounds[1]["sites_trained"] == 2 and "site-c" in rounds[1]["failed_sites"], rounds[1]
     assert "site-c" not in rounds[0]["failed_sites"]
-    assert rounds[2]["sites_trained"] == 3, (rounds[2], federation.sites["site-c"].text()[-3000:])
+    # back online with the same key within the coordinator's minute of holding the old node, it is
+    # sampled and trains again in a later round
+    assert any(r["sites_trained"] == 3 for r in rounds[2:]), (rounds, federation.sites["site-c"].text()[-3000:])
     assert "site-c" in output  # the console names the site that did not train
 
 

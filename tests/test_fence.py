@@ -150,7 +150,7 @@ def test_a_federation_run_submits_the_bundle_sites_approve_and_audits_each_round
     assert submitted["app_sha256"] == release_fab()[1] == started["app_sha256"]
     assert "strategy.round_timeout=600" in submitted["overrides"]  # type: ignore[operator]
     trained = events[kinds.index("round-trained")]
-    assert trained["trained"] == ["site-a"] and trained["declined"] == {} and trained["failed"] == 0
+    assert trained["trained"] == ["site-a"] and trained["declined"] == {} and trained["failed"] == {}
     assert kinds.index("round-evaluated") < kinds.index("run-finished")
     run_dir = coordinator.folder.runs / str(submitted["run_folder"])
     assert (run_dir / "summary.json").is_file() and (run_dir / "global_model.pt").is_file()
