@@ -46,11 +46,11 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--state-dir", type=Path, help="the site's state folder (default: beside the data)")
     check.add_argument("--site-config", type=Path, help="site.yaml (default: <folder>/site.yaml)")
     check.add_argument("overrides", nargs="*", help="Hydra overrides of the data settings")
-    from launcher.site_cli import add_parsers as add_site_parsers
+    from launcher.site.cli import add_parsers as add_site_parsers
     add_site_parsers(site)
     from launcher.privacy_cli import add_parsers as add_privacy_parsers
     add_privacy_parsers(sub)
-    from launcher.coordinator_cli import add_parsers as add_coordinator_parsers
+    from launcher.coordinator.cli import add_parsers as add_coordinator_parsers
     add_coordinator_parsers(sub)
     demo = sub.add_parser("demo", help="synthesise three hospitals and run the default experiment")
     demo.add_argument("--work", type=Path, default=Path("fedclinic-demo"), help="where the sites go")
@@ -71,21 +71,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     console = Console()
     from configs.parse import ConfigError
-    from client.site_data.loader import SiteDataError
+    from client.site_data.errors import SiteDataError
     from privacy.ledger import LedgerError
     try:
         if args.command == "synth":
             return _synth(args, console)
         if args.command == "run" and args.federation:
-            from launcher.federation_run import run_federation
+            from launcher.coordinator.submit import run_federation
             return run_federation(args.federation, list(args.overrides), console)
         if args.command == "run":
             return _run(list(args.overrides), console)
         if args.command == "site" and args.site_command != "check":
-            from launcher.site_cli import run as site_command
+            from launcher.site.cli import run as site_command
             return site_command(args, console)
         if args.command in ("coordinator", "certs"):
-            from launcher.coordinator_cli import run as coordinator_command
+            from launcher.coordinator.cli import run as coordinator_command
             return coordinator_command(args, console)
         if args.command == "site":
             return _site_check(args, console)

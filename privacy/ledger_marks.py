@@ -5,7 +5,7 @@ state folder is restored from an older backup, and anyone who can write the fold
 it. The mark store is a second folder, named by the site's node config (`ledger-mark-dir`) or the
 FEDCLINIC_LEDGER_MARK_DIR environment variable, else $XDG_STATE_HOME/fedclinic/ledger-marks
 (~/.local/state/fedclinic/ledger-marks). Put it on a volume that state-folder backups do not
-restore (docker/compose.yaml mounts one per site).
+restore (docker/site.compose.yaml mounts one per site).
 
 One file per ledger, `<ledger id>.json`, mode 0600, written atomically:
     {"ledger_id": ..., "entries": n, "sha256": SHA-256 of the ledger's first n lines, "ledger": path}

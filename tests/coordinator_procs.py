@@ -14,7 +14,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 
 from launcher.child_processes import descendants
-from launcher.coordinator_folder import FLOWER_ENV
+from launcher.coordinator.folder import FLOWER_ENV
 from server.certificates import new_key
 
 BIN = Path(sys.executable).parent

@@ -13,7 +13,7 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from launcher.cli import main
-from launcher.coordinator_folder import CoordinatorFolder
+from launcher.coordinator.folder import CoordinatorFolder
 from server import certificates as pki
 from server.coordinator_settings import SettingsError, load_settings
 

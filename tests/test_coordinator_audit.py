@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,9 +13,9 @@ import pytest
 from configs.load import load_experiment
 from configs.parse import ConfigError
 from launcher.cli import main
-from launcher.coordinator_folder import CoordinatorFolder, init_folder
-from launcher.coordinator_sites import check_site_name, read_site_key
-from launcher.federation_run import run_overrides
+from launcher.coordinator.folder import CoordinatorFolder, init_folder
+from launcher.coordinator.sites import check_site_name, read_site_key
+from launcher.coordinator.submit import run_overrides
 from server.audit_events import AuditedRecorder, run_recorder
 from server.evaluation import SiteEvaluation
 from server.recorder import RunRecorder, SiteTraining
@@ -95,6 +97,10 @@ def test_site_keys_must_be_openssh_ecdsa_public_keys(tmp_path: Path) -> None:
     private, public = site_key(tmp_path, "site-a")
     key = read_site_key(public)
     assert key.line.startswith("ecdsa-sha2-nistp384 ") and key.fingerprint.startswith("SHA256:")
+    done = subprocess.run(["ssh-keygen", "-lf", str(public)], capture_output=True, text=True, check=False)
+    if done.returncode == 0:  # OpenSSH's own fingerprint, where ssh-keygen is installed
+        assert done.stdout.split()[1] == key.fingerprint
+    assert key.public_key_sha256 == hashlib.sha256(key.line.split()[1].encode()).hexdigest()  # as the site logs it
     with pytest.raises(ValueError, match="never the private key"):
         read_site_key(private)
     (tmp_path / "ed.pub").write_text("ssh-ed25519 "

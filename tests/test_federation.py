@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 from flwr.proto.runtime_pb2 import AcquireTaskRequest
 
-from launcher.coordinator_folder import FLOWER_ENV, CoordinatorFolder
+from launcher.coordinator.folder import FLOWER_ENV, CoordinatorFolder
 from launcher.release_app import release_fab
 from privacy.ledger import LEDGER_FILE, Ledger, Spend
 from storage.audit_log import read_events

@@ -24,8 +24,8 @@ import pytest
 from flwr.proto.runtime_pb2 import AcquireTaskRequest
 from flwr.superlink.routers.fleet.router import router as fleet_router
 
-from launcher.coordinator_folder import CoordinatorFolder
-from launcher.fence import fence_command, render_fence, template_path
+from launcher.coordinator.folder import CoordinatorFolder
+from launcher.coordinator.fence import fence_command, render_fence, template_path
 from launcher.release_app import release_fab
 from storage.audit_log import read_events
 from tests.coordinator_procs import (Started, alive, fedclinic, init_coordinator, listening_addresses,
@@ -78,7 +78,8 @@ def test_only_the_fleet_api_passes_the_fence(coordinator: Coordinator) -> None:
         ("POST", "/v1/control/list-runs", b""), ("POST", "/v1/control/start-run", b""),
         ("POST", "/v1/control/register-node", b""), ("POST", "/v1/runtime/acquire-task", ACQUIRE),
         ("GET", "/openapi.json", None), ("GET", "/docs", None), ("GET", "/", None),
-        ("POST", "/v1/fleet/..%2fcontrol/list-runs", b""), ("GET", "/v1/fleet/get-run", None))}
+        ("POST", "/v1/fleet/..%2fcontrol/list-runs", b""), ("GET", "/v1/fleet/get-run", None),
+        ("POST", "/v1/fleet/get-run%0A", b""))}  # a newline never reaches the SuperLink's request line
     assert all(status in (403, 404) for status in refused.values()), refused
     assert refused["/v1/control/list-runs"] == 403 and refused["/v1/runtime/acquire-task"] == 403
     # Flower's own answer without a node key: the request reached the SuperLink through the fence
@@ -183,8 +184,8 @@ def test_when_a_child_dies_the_supervisor_stops_the_other_and_names_it(tmp_path:
 
 def test_the_fence_passes_exactly_flowers_fleet_routes_and_nginx_accepts_the_rendered_file(tmp_path: Path) -> None:
     text = template_path().read_text()
-    allowed = re.search(r"location ~ \^/v1/fleet/\(([a-z|-]+)\)\$", text)
-    assert allowed is not None
+    allowed = re.search(r"location ~ \^/v1/fleet/\(([a-z|-]+)\)\\z", text)
+    assert allowed is not None  # \z, not $: `$` also matches before a trailing newline
     assert {f"/v1/fleet/{name}" for name in allowed.group(1).split("|")} == {r.path for r in fleet_router.routes}
     assert shutil.which("nginx") or Path("/usr/sbin/nginx").exists(), NGINX_NEEDED
     init_coordinator(tmp_path / "coord")

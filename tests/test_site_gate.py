@@ -249,6 +249,23 @@ def test_only_the_sites_runner_may_take_tasks_and_only_from_loopback(deployment:
     assert refused.value.response.status_code == 401
 
 
+def test_a_supernode_that_dies_while_running_is_started_again_not_the_end_of_the_site(
+        deployment: Deployment) -> None:
+    """Flower's SuperNode exits on some coordinator answers it cannot handle (a bundle that is not a
+    zip, an invalid message type): the supervisor starts it again instead of stopping the site."""
+    supernode = deployment.children()[0]
+    assert "flower-supernode" in Path(f"/proc/{supernode}/cmdline").read_text()
+    online_before = deployment.site_out.read_text().count("online at the coordinator")
+    os.kill(supernode, signal.SIGKILL)
+    deadline = time.monotonic() + 240
+    while deployment.site_out.read_text().count("online at the coordinator") == online_before:
+        assert deployment.site.poll() is None, deployment.site_out.read_text()[-3000:]
+        assert time.monotonic() < deadline, deployment.site_out.read_text()[-3000:]
+        time.sleep(1)
+    restarted = deployment.audit("process-restarted")
+    assert restarted[-1]["process"] == "supernode" and restarted[-1]["exit_code"] == -signal.SIGKILL
+
+
 def test_a_killed_supervisor_takes_its_supernode_and_runner_with_it(deployment: Deployment) -> None:
     children = deployment.children()
     assert len(children) == 2

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from client.node.approved_apps import AllowListError, append_entry, parse_allow_list, read_allow_list
 from client.node.settings import NodeSettingsError, load_node_settings
 from launcher.release_app import release_fab
-from launcher.site_init import init_site
+from launcher.site.initialize import init_site
 from pki import make_pki
 from storage.audit_log import read_events
 

@@ -26,8 +26,8 @@ from rich.console import Console
 from rich.markup import escape
 
 from launcher.child_processes import Child, log_tail, spawn, tool
-from launcher.coordinator_folder import CONNECTION, CoordinatorFolder
-from launcher.fence import fence_command, render_fence
+from launcher.coordinator.folder import CONNECTION, CoordinatorFolder
+from launcher.coordinator.fence import fence_command, render_fence
 from server.certificates import describe, load_cert
 from server.coordinator_settings import CoordinatorSettings, is_loopback
 from storage.audit_log import append_event

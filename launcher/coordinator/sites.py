@@ -19,7 +19,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_ssh_public_key
 
-from launcher.coordinator_folder import CONNECTION, CoordinatorFolder
+from launcher.coordinator.folder import CONNECTION, CoordinatorFolder
 from launcher.child_processes import tool
 from storage.audit_log import append_event, read_events
 
@@ -33,10 +33,13 @@ class SiteCommandError(RuntimeError):
 
 @dataclass(frozen=True)
 class SiteKey:
-    """A site's public key: the OpenSSH line and its fingerprint (as `ssh-keygen -lf` prints it)."""
+    """A site's public key: the OpenSSH line, its fingerprint (as `ssh-keygen -lf` prints it) and
+    `public_key_sha256`, the hex SHA-256 of the line's base64 field, as the site's own audit log
+    records it (`site-initialized`)."""
 
     line: str
     fingerprint: str
+    public_key_sha256: str
 
 
 @dataclass(frozen=True)
@@ -72,9 +75,9 @@ def read_site_key(path: Path) -> SiteKey:
     if not isinstance(key, ec.EllipticCurvePublicKey) or not text.startswith("ecdsa-sha2-nistp"):
         raise ValueError(f"{path}: Flower needs an ECDSA key (ecdsa-sha2-nistp384, as `fedclinic site init` makes); "
                          f"got {text.split(' ', 1)[0]!r}")
-    blob = base64.b64decode(text.split()[1])
-    digest = base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
-    return SiteKey(text, f"SHA256:{digest}")
+    field = text.split()[1]
+    digest = base64.b64encode(hashlib.sha256(base64.b64decode(field)).digest()).decode().rstrip("=")
+    return SiteKey(text, f"SHA256:{digest}", hashlib.sha256(field.encode()).hexdigest())
 
 
 def flwr_json(folder: CoordinatorFolder, *args: str) -> dict[str, object]:
@@ -121,7 +124,8 @@ def register_site(folder: CoordinatorFolder, name: str, key_file: Path) -> int:
     answer = flwr_json(folder, "supernode", "register", str(key_file.resolve()), "--name", name)
     node_id = int(str(answer["node-id"]))
     append_event(folder.audit_log, "site-registered", {"name": name, "node_id": node_id,
-                                                       "key_fingerprint": key.fingerprint})
+                                                       "key_fingerprint": key.fingerprint,
+                                                       "public_key_sha256": key.public_key_sha256})
     return node_id
 
 

@@ -49,9 +49,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
 
 def run(args: argparse.Namespace, console: Console) -> int:
     """Dispatch a `coordinator` or `certs` command; the exit code. Errors a user can fix exit 2."""
-    from launcher.coordinator_process import StartError
-    from launcher.coordinator_sites import SiteCommandError
-    from launcher.fence import FenceError
+    from launcher.coordinator.process import StartError
+    from launcher.coordinator.sites import SiteCommandError
+    from launcher.coordinator.fence import FenceError
     try:
         if args.command == "certs":
             return _inspect(args.file, console)
@@ -62,7 +62,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
 
 
 def _init(args: argparse.Namespace, console: Console) -> int:
-    from launcher.coordinator_folder import CoordinatorFolder, init_folder
+    from launcher.coordinator.folder import CoordinatorFolder, init_folder
     from server.certificates import CA_DAYS, SERVER_DAYS, describe, load_cert
     folder = CoordinatorFolder.at(args.dir)
     settings = init_folder(folder, args.host, args.listen, args.superlink_port)
@@ -77,30 +77,30 @@ def _init(args: argparse.Namespace, console: Console) -> int:
 
 
 def _start(args: argparse.Namespace, console: Console) -> int:
-    from launcher.coordinator_folder import CoordinatorFolder
-    from launcher.coordinator_process import run_coordinator
+    from launcher.coordinator.folder import CoordinatorFolder
+    from launcher.coordinator.process import run_coordinator
     return run_coordinator(CoordinatorFolder.at(args.dir), console)
 
 
 def _register(args: argparse.Namespace, console: Console) -> int:
-    from launcher.coordinator_folder import CoordinatorFolder
-    from launcher.coordinator_sites import register_site
+    from launcher.coordinator.folder import CoordinatorFolder
+    from launcher.coordinator.sites import register_site
     node_id = register_site(CoordinatorFolder.at(args.dir), args.name, args.pubkey)
     console.print(f"registered site {args.name} as node {node_id}", highlight=False)
     return 0
 
 
 def _unregister(args: argparse.Namespace, console: Console) -> int:
-    from launcher.coordinator_folder import CoordinatorFolder
-    from launcher.coordinator_sites import unregister_site
+    from launcher.coordinator.folder import CoordinatorFolder
+    from launcher.coordinator.sites import unregister_site
     node_id = unregister_site(CoordinatorFolder.at(args.dir), args.site)
     console.print(f"unregistered node {node_id}; its key can no longer connect", highlight=False)
     return 0
 
 
 def _list(args: argparse.Namespace, console: Console) -> int:
-    from launcher.coordinator_folder import CoordinatorFolder
-    from launcher.coordinator_sites import list_sites
+    from launcher.coordinator.folder import CoordinatorFolder
+    from launcher.coordinator.sites import list_sites
     table = Table(title="sites")
     for column in ("name", "node id", "status"):
         table.add_column(column)
@@ -111,7 +111,7 @@ def _list(args: argparse.Namespace, console: Console) -> int:
 
 
 def _audit(args: argparse.Namespace, console: Console) -> int:
-    from launcher.coordinator_folder import CoordinatorFolder
+    from launcher.coordinator.folder import CoordinatorFolder
     from storage.audit_log import read_events
     log = CoordinatorFolder.at(args.dir).audit_log
     events = read_events(log)
@@ -126,7 +126,7 @@ def _audit(args: argparse.Namespace, console: Console) -> int:
 
 
 def _renew(args: argparse.Namespace, console: Console) -> int:
-    from launcher.coordinator_folder import CoordinatorFolder, renew_server_cert
+    from launcher.coordinator.folder import CoordinatorFolder, renew_server_cert
     from storage.audit_log import append_event
     folder = CoordinatorFolder.at(args.dir)
     info = renew_server_cert(folder)

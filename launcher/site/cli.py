@@ -53,7 +53,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
 
 def _init(args: argparse.Namespace, console: Console) -> int:
     from launcher.release_app import release_version
-    from launcher.site_init import init_site
+    from launcher.site.initialize import init_site
     from storage.audit_log import append_event
     made = init_site(args.folder, name=args.name, coordinator=args.coordinator, ca=args.ca, data=args.data,
                      state=args.state, site_config=args.site_config, runtime_port=args.runtime_port)
@@ -75,7 +75,7 @@ def _init(args: argparse.Namespace, console: Console) -> int:
 
 
 def _start(args: argparse.Namespace, console: Console) -> int:
-    from launcher.site_supervisor import start_site
+    from launcher.site.supervisor import start_site
     return start_site(load_node_settings(args.config), console)
 
 

@@ -6,8 +6,13 @@
 2. the gated task runner (`python -P -m client.node.flower_runner`): it answers the SuperNode's
    ClientApp tasks with the site's installed ClientApp, for approved app bundles only.
 
-SIGINT/SIGTERM stops both. If either exits, the other is stopped and `site start` exits 1,
-naming which and its log file. Both children get PR_SET_PDEATHSIG=SIGKILL, so a SIGKILLed
+SIGINT/SIGTERM stops both. A child that exits before it came up (a key the coordinator does not
+know, a CA that does not sign it, a port in use) stops the site: the other is stopped and `site
+start` exits 1, naming which, why and its log file. A child that exits after it came up is started
+again after a backoff (5 s, doubling to 60 s; back to 5 s after 10 stable minutes), and the
+restart goes into the audit log: Flower's SuperNode ends on some coordinator answers it cannot
+handle (a bundle that is not a zip, an invalid message type), and a coordinator must not be able
+to take a site offline with one such message. Both children get PR_SET_PDEATHSIG=SIGKILL, so a SIGKILLed
 supervisor leaves nothing behind. Logs: <state>/logs/supernode.log and runner.log.
 """
 
@@ -30,7 +35,7 @@ from rich.console import Console
 from client.node.approved_apps import read_allow_list
 from client.node.settings import NodeSettings, render_flat_toml, require_files
 from launcher.release_app import release_fab, release_version
-from launcher.site_diagnosis import CONSOLE_MARKS, ONLINE, RETRYING, diagnose_supernode, node_id
+from launcher.site.diagnosis import CONSOLE_MARKS, ONLINE, RETRYING, diagnose_supernode, node_id
 from storage.atomic import write_atomic
 from storage.audit_log import append_event
 
@@ -38,6 +43,7 @@ PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 STOP_GRACE_SECONDS = 10.0
 RECLAIM_SECONDS = 90.0  # Flower: a node is online until 2 heartbeats (2 x 30 s) are missed
 WATCH_SECONDS = 0.5
+RESTART_FIRST_S, RESTART_MAX_S, STABLE_S = 5.0, 60.0, 600.0  # backoff of a child that died after it came up
 OUTPUT_KEPT = 64 * 1024  # characters of each child's recent output kept for milestones and diagnosis
 MILESTONES = MappingProxyType({"supernode": (("online", ONLINE), ("retrying", RETRYING)),
                                "runner": (("ready", "gated task runner ready"),)})
@@ -205,6 +211,8 @@ class _Site:
     runner_argv: list[str]
     retry_until: float
     children: list[Child] = field(default_factory=list)
+    backoff: float = 0.0
+    last_restart: float = float("-inf")
 
     def say(self, text: str, style: str | None = None) -> None:
         self.console.print(text, style=style, markup=False, highlight=False, soft_wrap=True)
@@ -227,7 +235,7 @@ class _Site:
                 code = child.process.poll()
                 if code is None:
                     continue
-                if not self._restarted(index, child):
+                if not (self._restarted(index, child) or self._recovered(index, child, code)):
                     return self._exited(child, code)
             time.sleep(WATCH_SECONDS)
 
@@ -256,6 +264,26 @@ class _Site:
         self.say("the coordinator did not activate this node yet; trying again in 10 s")
         time.sleep(10)
         self.children[index] = _spawn(child.name, self.supernode_argv, child.log, self.settings)
+        return True
+
+    def _recovered(self, index: int, child: Child, code: int) -> bool:
+        """Start a child again, after the backoff, if it had come up before it exited (see the module
+        docstring); False for a child that never came up (a setup problem _exited reports)."""
+        if not child.events:
+            return False
+        now = time.monotonic()
+        self.backoff = (RESTART_FIRST_S if now - self.last_restart > STABLE_S
+                        else min(max(self.backoff, RESTART_FIRST_S) * 2, RESTART_MAX_S))
+        self.last_restart = now
+        self.say(f"fedclinic site {self.settings.name}: the {child.name} exited (code {code}) while running; "
+                 f"starting it again in {self.backoff:.0f} s. Log: {child.log}", "yellow")
+        append_event(self.settings.audit_log, "process-restarted",
+                     {"process": child.name, "exit_code": code, "backoff_s": self.backoff})
+        time.sleep(self.backoff)
+        argv = self.supernode_argv if child.name == "supernode" else self.runner_argv
+        self.children[index] = _spawn(child.name, argv, child.log, self.settings)
+        if child.name == "supernode":  # the coordinator may hold the node online for a minute
+            self.retry_until = time.monotonic() + RECLAIM_SECONDS
         return True
 
     def _exited(self, child: Child, code: int) -> int:

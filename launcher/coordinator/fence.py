@@ -15,7 +15,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from launcher.coordinator_folder import CoordinatorFolder
+from launcher.coordinator.folder import CoordinatorFolder
 from server.coordinator_settings import CoordinatorSettings
 from storage.atomic import write_atomic
 
@@ -33,7 +33,7 @@ class FenceError(RuntimeError):
 def template_path() -> Path:
     """docker/fence/nginx.conf.template of the source tree, else the copy installed under
     <prefix>/share/fedclinic/fence/. Raises FenceError if neither exists."""
-    for candidate in (Path(__file__).resolve().parents[1] / "docker" / "fence" / TEMPLATE_NAME,
+    for candidate in (Path(__file__).resolve().parents[2] / "docker" / "fence" / TEMPLATE_NAME,
                       Path(sys.prefix) / "share" / "fedclinic" / "fence" / TEMPLATE_NAME):
         if candidate.is_file():
             return candidate

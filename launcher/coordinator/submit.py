@@ -19,7 +19,7 @@ from pathlib import Path
 from rich.console import Console
 
 from configs.load import load_experiment
-from launcher.coordinator_folder import CONNECTION, CoordinatorFolder
+from launcher.coordinator.folder import CONNECTION, CoordinatorFolder
 from launcher.child_processes import tool
 from launcher.release_app import release_version, write_release_app
 from server.run_folder import SUMMARY, create_run_folder
