@@ -4,9 +4,15 @@ fedclinic runs exactly as the README's deploy section says (`fedclinic coordinat
 register-site`, `fedclinic site init|start` per hospital, `fedclinic run --federation`): TLS, node
 keys, the nginx fence, each site's SuperNode with its gated task runner. The empty app
 (bench/empty_flower_app.py, the same message pattern) runs on a second coordinator made the same
-way, with three plain `flower-supernode` processes (Flower's default isolation: a ClientApp
-process per message) in place of fedclinic's sites, submitted with `flwr run`: Flower's own
-floor, its polling sleeps and process starts.
+way, submitted with `flwr run`, at three sites of one of two kinds:
+- "runner": each site exactly as `fedclinic site start` runs it (SuperNode with process
+  isolation, the gated runner's polling and allow-list check), answering with the empty
+  ClientApp (bench/empty_site_runner.py). Its round time is the floor of fedclinic's own
+  deployment: Flower's polling sleeps (a SuperNode polls every 3 s when idle and pushes a reply
+  on its next loop; the ServerApp polls for replies every 3 s) and the runner's 1 s poll.
+- "process": plain `flower-supernode` processes (Flower's default isolation: a new ClientApp
+  process per message, importing flwr): Flower's floor with its process starts, which
+  fedclinic's long-lived runner does not pay.
 
 Every SuperNode reaches its fence through a byte-counting TCP relay on 127.0.0.1 (WireRelay), so
 the bench sees the TLS bytes each site sends and receives while the run is submitted and runs.
@@ -191,18 +197,21 @@ def _site_folder(stack: Stack, node: Path, name: str, fence: int, ca: Path, data
     return relay
 
 
-def _warm(data: Path, state: Path, env: dict[str, str], logs: Path) -> None:
-    """The site's preprocessing cache, warmed with `fedclinic site check` (untimed); no ledger."""
-    _run([str(BIN / "fedclinic"), "site", "check", str(data), "--state-dir", str(state)], env,
-         logs / "deploy-warm-cache.log")
-    for ledger in state.glob("privacy-ledger.*"):
+def _fresh_ledgers(root: Path, work: Path) -> None:
+    """The bench's own synthetic sites start the run with empty ledgers and high-water marks
+    (their caches stay warm: bench/federation_overhead.py warmed them, in the state folders a
+    simulation uses too)."""
+    import shutil
+    for ledger in (root / ".fedclinic-state").glob("*/privacy-ledger.*"):
         ledger.unlink()
+    shutil.rmtree(work / "marks", ignore_errors=True)
 
 
 @dataclass
 class DeployResult:
     fedclinic: list[dict[str, float]]          # per round {wall, compute}
-    empty: list[float]                         # per round wall
+    empty: list[float]                         # per round wall, empty app through fedclinic's site runner
+    empty_process: list[float]                 # per round wall, empty app on plain SuperNodes
     wire: dict[str, dict[str, float]]          # per run: bytes per site per round (train reply, up, down)
 
 
@@ -221,12 +230,12 @@ def _wire(relays: dict[str, WireRelay], start: float, end: float, rounds: int) -
 def _fedclinic(root: Path, rounds: int, work: Path, env: dict[str, str], logs: Path) -> tuple[list[dict[str, float]], dict[str, float]]:
     stack = Stack()
     folder = work / "deploy" / "coordinator"
+    _fresh_ledgers(root, work)
     try:
         fence = _coordinator(stack, folder, env, logs)
         relays = {}
         for name in SITES:
-            data, state = root / name, work / "deploy" / "state" / name
-            _warm(data, state, env, logs)
+            data, state = root / name, root / ".fedclinic-state" / name
             relays[name] = _site_folder(stack, work / "deploy" / "nodes" / name, name, fence, folder / "certs" / "ca.crt",
                                         data, state, folder, env, logs)
             _wait(stack.start([str(BIN / "fedclinic"), "site", "start", str(work / "deploy" / "nodes" / name / "node.toml")],
@@ -267,29 +276,39 @@ def _online(folder: Path, env: dict[str, str], count: int) -> None:
     raise RuntimeError(f"the empty app's SuperNodes did not come online at {folder}")
 
 
-def _empty(root: Path, rounds: int, work: Path, env: dict[str, str], logs: Path, layout: str
+def _empty(root: Path, rounds: int, work: Path, env: dict[str, str], logs: Path, kind: str, layout: str
            ) -> tuple[list[float], dict[str, float]]:
+    """The empty app at three sites of `kind` ("runner" | "process"), the model sent `layout`."""
+    from bench.empty_flower_app import fab_sha256
     stack = Stack()
-    folder = work / "deploy" / f"empty-{layout}"
+    folder = work / "deploy" / f"empty-{kind}-{layout}"
     try:
         fence = _coordinator(stack, folder, env, logs)
+        app = _empty_app_folder(folder / "app")
+        digest = fab_sha256({p.relative_to(app).as_posix(): p.read_bytes() for p in sorted(app.rglob("*"))
+                             if p.is_file()})
         relays = {}
         for name in SITES:
-            node = work / "deploy" / f"empty-{layout}-nodes" / name
+            node = folder / "nodes" / name
             relays[name] = _site_folder(stack, node, name, fence, folder / "certs" / "ca.crt", root / name,
                                         node / "state", folder, env, logs)
-            stack.start([str(BIN / "flower-supernode"), "--superlink", f"127.0.0.1:{relays[name].port}",
-                         "--root-certificates", str(folder / "certs" / "ca.crt"), "--auth-supernode-private-key",
-                         str(node / "keys" / name), "--host", "127.0.0.1", "--port", str(free_port())],
-                        logs / f"deploy-empty-{layout}-{name}.log", {**env, "FLWR_HOME": str(node / "flwr-home")})
+            log = logs / f"deploy-empty-{kind}-{layout}-{name}.log"
+            if kind == "runner":
+                _run([str(BIN / "fedclinic"), "site", "approve", str(node / "node.toml"), digest], env, log)
+                _wait(stack.start([sys.executable, str(Path(__file__).parent / "empty_site_runner.py"),
+                                   str(node / "node.toml")], log, env), "empty site runner ready")
+            else:
+                stack.start([str(BIN / "flower-supernode"), "--superlink", f"127.0.0.1:{relays[name].port}",
+                             "--root-certificates", str(folder / "certs" / "ca.crt"), "--auth-supernode-private-key",
+                             str(node / "keys" / name), "--host", "127.0.0.1", "--port", str(free_port())],
+                            log, {**env, "FLWR_HOME": str(node / "flwr-home")})
         _online(folder, env, len(SITES))
-        out = work / f"empty-deployment-{layout}.json"
+        out = work / f"empty-deployment-{kind}-{layout}.json"
         out.unlink(missing_ok=True)
-        app = _empty_app_folder(work / "deploy" / f"empty-{layout}-app")
         settings = f"rounds={rounds} sites={len(SITES)} layout={layout} out={out}"
         submitted = time.monotonic()
         _run([str(BIN / "flwr"), "run", str(app), "fedclinic", "--stream", "-c", f"overrides={json.dumps(settings)}"],
-             {**env, "FLWR_HOME": str(folder / "home")}, logs / f"deploy-empty-{layout}-run.log")
+             {**env, "FLWR_HOME": str(folder / "home")}, logs / f"deploy-empty-{kind}-{layout}-run.log")
         finished = time.monotonic()
         walls = [json.loads(out.read_text())["rounds"][str(r)] for r in range(1, rounds + 1)]
         return walls, _wire(relays, submitted, finished, rounds)
@@ -298,19 +317,21 @@ def _empty(root: Path, rounds: int, work: Path, env: dict[str, str], logs: Path,
 
 
 def deployment_rounds(root: Path, rounds: int, work: Path, *, wire_before: bool = False) -> DeployResult:
-    """fedclinic, then the empty app (and, with `wire_before`, the empty app sending the model as
-    one array per tensor, as fedclinic did before the flat exchange), each on a fresh loopback
-    deployment under WORK/deploy (removed first)."""
+    """fedclinic, then the empty app through fedclinic's site runner (the floor the ratio uses),
+    then the empty app on plain SuperNodes (a ClientApp process per message), and with
+    `wire_before` the empty app sending the model as one array per tensor (as fedclinic did
+    before the flat exchange); each on a fresh loopback deployment under WORK/deploy."""
     import shutil
     shutil.rmtree(work / "deploy", ignore_errors=True)
     logs = work / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, **FLOWER_ENV, "FEDCLINIC_LEDGER_MARK_DIR": str(work / "deploy" / "marks"),
+    env = {**os.environ, **FLOWER_ENV, "FEDCLINIC_LEDGER_MARK_DIR": str(work / "marks"),
            "PYTHONPATH": str(ROOT)}
     fed, fed_wire = _fedclinic(root, rounds, work, env, logs)
-    empty, empty_wire = _empty(root, rounds, work, env, logs, "flat")
-    wire = {"fedclinic": fed_wire, "empty app": empty_wire}
+    floor, floor_wire = _empty(root, rounds, work, env, logs, "runner", "flat")
+    spawned, _ = _empty(root, rounds, work, env, logs, "process", "flat")
+    wire = {"fedclinic": fed_wire, "empty app (site runner)": floor_wire}
     if wire_before:
-        _, wire["empty app, one array per tensor (before)"] = _empty(root, rounds, work, env, logs, "per-tensor")
-    return DeployResult(fed, empty, wire)
-
+        _, wire["empty app, one array per tensor (before)"] = _empty(root, rounds, work, env, logs, "runner",
+                                                                     "per-tensor")
+    return DeployResult(fed, floor, spawned, wire)

@@ -94,3 +94,13 @@ def wire_size(content: RecordDict) -> tuple[int, int]:
     from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
     objects = get_all_nested_objects(content)
     return sum(len(o.deflate()) for o in objects.values()), len(objects)
+
+
+def fab_sha256(files: dict[str, bytes]) -> str:
+    """SHA-256 of the app bundle `flwr run` builds from these files (Flower's own builder, as
+    launcher/release_app.py uses): what a site puts on its allow-list to run the empty app."""
+    import hashlib
+
+    from flwr.cli.build import build_fab_from_files
+    fab, _ = build_fab_from_files(files)
+    return hashlib.sha256(fab).hexdigest()

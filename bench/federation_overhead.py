@@ -65,6 +65,7 @@ def prepare_sites(work: Path, sites: int, patients: int) -> Path:
     if not root.is_dir() or not any(p for p in root.iterdir() if not p.name.startswith(".")):
         _fedclinic(["synth", "--sites", str(sites), "--patients", str(patients), "--out", str(root)],
                    work, work / "synth.log")
+    reset_ledgers(root, work)  # a ledger is checked against its high-water mark before anything
     for site in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         _fedclinic(["site", "check", str(site)], work, work / "warm-cache.log")
     return root
@@ -200,6 +201,7 @@ def main() -> int:
         from bench.deployment_overhead import deployment_rounds  # the deployment half
         result = deployment_rounds(root, args.rounds, work, wire_before=args.wire_before)
         report("deployment", result.fedclinic, result.empty)
+        print(_row("empty app, process per message (s)", result.empty_process))
         print("loopback TLS wire, bytes per site per round (mean over sites):")
         for name, w in result.wire.items():
             print(f"  {name:<44} train reply {w['train_reply']:8.0f} = {w['train_reply'] / fp32:.2f} x fp32 "
