@@ -7,8 +7,10 @@ a metric. The round wall time it records is Flower's own floor for this pattern 
 polling, process starts in deployment, serialisation), which bench/federation_overhead.py
 subtracts from fedclinic's round time.
 
-Run config `overrides` (a string, as fedclinic's): `rounds=N out=/abs/result.json`; the result
-JSON is {"rounds": {round: wall seconds}, "sent_bytes": bytes of the arrays in one message}.
+Run config `overrides` (a string, as fedclinic's): `rounds=N sites=S out=/abs/result.json
+[layout=flat|per-tensor]`; per-tensor sends the model as one array per tensor, as fedclinic did
+before its flat exchange (to measure that on the wire). The result JSON is {"rounds": {round:
+wall seconds}, "sent_bytes": bytes of the arrays in one message}.
 The ClientApp imports only flwr and numpy.
 """
 
@@ -20,7 +22,7 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
@@ -69,7 +71,10 @@ def main(grid: Grid, context: Context) -> None:
     settings = _settings(context)
     rounds, out = int(settings.get("rounds", "3")), Path(settings["out"])
     sites = int(settings.get("sites", "3"))
-    initial, _ = initial_record(load_experiment([f"rounds={rounds}"]))
+    cfg = load_experiment([f"rounds={rounds}"])
+    initial, reference = initial_record(cfg)
+    if settings.get("layout", "flat") == "per-tensor":
+        initial = ArrayRecord({k: Array(v.numpy()) for k, v in reference.items()})
     strategy = TimedFedAvg(fraction_train=1.0, fraction_evaluate=1.0, min_train_nodes=sites,
                            min_evaluate_nodes=sites, min_available_nodes=sites)
     started = time.monotonic()
@@ -89,3 +94,13 @@ def wire_size(content: RecordDict) -> tuple[int, int]:
     from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
     objects = get_all_nested_objects(content)
     return sum(len(o.deflate()) for o in objects.values()), len(objects)
+
+
+def fab_sha256(files: dict[str, bytes]) -> str:
+    """SHA-256 of the app bundle `flwr run` builds from these files (Flower's own builder, as
+    launcher/release_app.py uses): what a site puts on its allow-list to run the empty app."""
+    import hashlib
+
+    from flwr.cli.build import build_fab_from_files
+    fab, _ = build_fab_from_files(files)
+    return hashlib.sha256(fab).hexdigest()

@@ -65,6 +65,7 @@ def prepare_sites(work: Path, sites: int, patients: int) -> Path:
     if not root.is_dir() or not any(p for p in root.iterdir() if not p.name.startswith(".")):
         _fedclinic(["synth", "--sites", str(sites), "--patients", str(patients), "--out", str(root)],
                    work, work / "synth.log")
+    reset_ledgers(root, work)  # a ledger is checked against its high-water mark before anything
     for site in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         _fedclinic(["site", "check", str(site)], work, work / "warm-cache.log")
     return root
@@ -175,6 +176,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--only", choices=("simulation", "deployment"))
     parser.add_argument("--import-runs", type=int, default=7)
+    parser.add_argument("--wire-before", action="store_true",
+                        help="deployment: also run the empty app with one array per tensor (the old exchange)")
     parser.add_argument("--empty-simulation", type=Path, help=argparse.SUPPRESS)  # child mode
     args = parser.parse_args()
     if args.empty_simulation:
@@ -196,10 +199,13 @@ def main() -> int:
         report("simulation", fed, empty)
     if args.only != "simulation":
         from bench.deployment_overhead import deployment_rounds  # the deployment half
-        fed_d, empty_d, wire = deployment_rounds(root, args.rounds, work)
-        report("deployment", fed_d, empty_d)
-        print(f"train reply, deployment (loopback wire per site per round): {wire:.0f} bytes = "
-              f"{wire / fp32:.2f} x the fp32 parameters (target <= {TARGET_WIRE})")
+        result = deployment_rounds(root, args.rounds, work, wire_before=args.wire_before)
+        report("deployment", result.fedclinic, result.empty)
+        print(_row("empty app, process per message (s)", result.empty_process))
+        print("loopback TLS wire, bytes per site per round (mean over sites):")
+        for name, w in result.wire.items():
+            print(f"  {name:<44} train reply {w['train_reply']:8.0f} = {w['train_reply'] / fp32:.2f} x fp32 "
+                  f"(target <= {TARGET_WIRE});  all up {w['up']:8.0f}, all down {w['down']:8.0f}")
     return 0
 
 

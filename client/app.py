@@ -19,7 +19,7 @@ from collections.abc import Callable
 from flwr.app import ArrayRecord, Array, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from client.site_cache import SiteCache
+from client.site_data.site_cache import SiteCache
 from client.site_data.loader import SiteDataError
 from client.site_round import SiteJob, evaluate_round, prepare, train_round
 from configs.parse import ConfigError
@@ -29,8 +29,8 @@ from privacy.decline import REASONS, RoundDeclined
 
 
 class SiteClientApp(ClientApp):
-    """Flower's ClientApp, owning the process's SiteCache (client/site_cache.py): composed configs
-    and the last loaded sites, reused by every message this process handles. A deployed site's
+    """Flower's ClientApp, owning the process's SiteCache (client/site_data/site_cache.py):
+    composed configs and the loaded sites, reused by every message this process handles. A deployed site's
     task runner and a simulation's Ray actors keep one process (so one app object) for many
     messages; a process started per message simply starts with an empty cache.
 

@@ -22,7 +22,7 @@ import torch
 from client.site_data.labels import read_labels
 from client.recipe import check_data_limits, site_experiment
 from client.site import SiteSettings, site_settings
-from client.site_cache import SiteCache, SiteKey
+from client.site_data.site_cache import SiteCache, SiteKey
 from client.site_data.fingerprint import folder_fingerprint
 from client.site_data.loader import SiteArrays, SiteDataError, load_site
 from client.site_file import read_site_file
@@ -62,7 +62,7 @@ class SiteJob:
     arrays: SiteArrays
     model: FusionModel
     device: torch.device
-    accounting: AccountingCache | None = None  # the process's (client/site_cache.py), if any
+    accounting: AccountingCache | None = None  # the process's (client/site_data/site_cache.py), if any
 
     @property
     def terms(self) -> Terms:

@@ -13,8 +13,8 @@ The arithmetic is Opacus' own, step by step (the same functions, the same order 
 results are bit-for-bit the values `opacus.accountants.create_accountant(mechanism).get_epsilon`
 returns (tests/test_accounting_cache.py checks this). Opacus is imported when first needed.
 
-The cache is process state held by whoever creates it (client/site_cache.SiteCache owns a site's);
-bounded: at most `mechanisms` curves and `results` finished epsilons, least recently used out.
+The cache is process state held by whoever creates it (a site's SiteCache owns the site's one:
+client/site_data/site_cache.py); bounded: at most `mechanisms` curves and `results` finished epsilons, least recently used out.
 """
 
 from __future__ import annotations

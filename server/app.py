@@ -30,7 +30,7 @@ app = ServerApp()
 
 def _site(msg: Message, recorder: RunRecorder) -> str:
     """The name a site gives itself in its replies (remembered for its later error replies)."""
-    records = msg.content.config_records
+    records = msg.content.config_records if msg.has_content() else {}  # an error reply has no content
     if "site" in records:
         recorder.names[msg.metadata.src_node_id] = str(records["site"]["name"])
     return recorder.site_name(msg.metadata.src_node_id)

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from client.site_cache import SiteCache
+from client.site_data.site_cache import SiteCache
 from client.site_data.fingerprint import folder_fingerprint
 from client.site_data.loader import load_site
 from client.site_data.snapshot import SNAPSHOT_FILE
@@ -92,7 +92,7 @@ def test_sites_beyond_the_count_or_the_bytes_are_dropped_least_recently_used_fir
 
 
 def _entry(j: SiteJob) -> tuple[object, ...]:
-    from client.site_cache import SiteKey
+    from client.site_data.site_cache import SiteKey
     return SiteKey(j.site.data_dir, j.site.cache_dir, j.cfg.data, j.site_file), "fp", 1, j.arrays
 
 
