@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import http.client
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -172,3 +174,16 @@ def start_site(node_toml: Path, output: Path, *, wait_ready: bool = True) -> Sta
             raise AssertionError(f"site did not come up:\n{started.text()[-4000:]}")
         time.sleep(0.5)
     return started
+
+
+def https_status(port: int, ca: Path, method: str, path: str, body: bytes | None = b"") -> int:
+    """The HTTP status 127.0.0.1:port answers `method path` with, over TLS verified against `ca`."""
+    connection = http.client.HTTPSConnection("127.0.0.1", port, context=ssl.create_default_context(cafile=str(ca)),
+                                             timeout=30)
+    try:
+        connection.request(method, path, body=body, headers={"Content-Type": "application/protobuf"})
+        response = connection.getresponse()
+        response.read()
+        return response.status
+    finally:
+        connection.close()

@@ -10,12 +10,10 @@ bundle no site approved: the `sec-fab-code-exec` case); and no listener beyond 1
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import shutil
 import signal
-import ssl
 import subprocess
 import time
 from collections.abc import Iterator
@@ -30,9 +28,9 @@ from launcher.release_app import release_fab
 from privacy.ledger import LEDGER_FILE, Ledger, Spend
 from storage.audit_log import read_events
 from synth.hospitals import write_hospitals
-from tests.coordinator_procs import (BIN, Started, fedclinic, free_port, init_coordinator, init_site,
-                                     listening_addresses, process_tree, start_coordinator, start_site,
-                                     )
+from tests.coordinator_procs import (BIN, Started, fedclinic, free_port, https_status, init_coordinator,
+                                     init_site, listening_addresses, process_tree, start_coordinator,
+                                     start_site)
 from tests.pki import make_pki
 
 pytestmark = pytest.mark.slow
@@ -182,15 +180,7 @@ def test_a_site_without_tls_never_joins(federation: Federation, tmp_path: Path) 
 
 
 def _through_the_fence(federation: Federation, method: str, path: str, body: bytes | None) -> int:
-    context = ssl.create_default_context(cafile=str(federation.folder.ca_cert))
-    connection = http.client.HTTPSConnection("127.0.0.1", federation.fence_port, context=context, timeout=30)
-    try:
-        connection.request(method, path, body=body, headers={"Content-Type": "application/protobuf"})
-        response = connection.getresponse()
-        response.read()
-        return response.status
-    finally:
-        connection.close()
+    return https_status(federation.fence_port, federation.folder.ca_cert, method, path, body)
 
 
 def _flwr_run_as(federation: Federation, address: str, app: Path, home: Path) -> subprocess.CompletedProcess[str]:

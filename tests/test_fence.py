@@ -8,12 +8,10 @@ loopback SuperLink port, where `register-site` and `list-sites` use it.
 
 from __future__ import annotations
 
-import http.client
 import os
 import re
 import shutil
 import signal
-import ssl
 import subprocess
 import time
 from collections.abc import Iterator
@@ -28,8 +26,9 @@ from launcher.coordinator.folder import CoordinatorFolder
 from launcher.coordinator.fence import fence_command, render_fence, template_path
 from launcher.release_app import release_fab
 from storage.audit_log import read_events
-from tests.coordinator_procs import (Started, alive, fedclinic, init_coordinator, listening_addresses,
-                                     process_tree, site_key, start_coordinator, start_supernode)
+from tests.coordinator_procs import (Started, alive, fedclinic, https_status, init_coordinator,
+                                     listening_addresses, process_tree, site_key, start_coordinator,
+                                     start_supernode)
 
 NGINX_NEEDED = "the fence needs nginx (Debian: apt-get install -y nginx)"
 
@@ -56,25 +55,13 @@ def coordinator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Coordinato
     assert read_events(root / "coord" / "audit.jsonl").events[-1]["event"] == "coordinator-stopped"
 
 
-def _call(port: int, ca: Path, method: str, path: str, body: bytes | None = b"") -> int:
-    connection = http.client.HTTPSConnection("127.0.0.1", port, context=ssl.create_default_context(cafile=str(ca)),
-                                             timeout=30)
-    try:
-        connection.request(method, path, body=body, headers={"Content-Type": "application/protobuf"})
-        response = connection.getresponse()
-        response.read()
-        return response.status
-    finally:
-        connection.close()
-
-
 ACQUIRE = AcquireTaskRequest(supported_task_types=["serverapp"]).SerializeToString()
 
 
 @pytest.mark.slow
 def test_only_the_fleet_api_passes_the_fence(coordinator: Coordinator) -> None:
     ca, port = coordinator.folder.ca_cert, coordinator.fence_port
-    refused = {path: _call(port, ca, method, path, body) for method, path, body in (
+    refused = {path: https_status(port, ca, method, path, body) for method, path, body in (
         ("POST", "/v1/control/list-runs", b""), ("POST", "/v1/control/start-run", b""),
         ("POST", "/v1/control/register-node", b""), ("POST", "/v1/runtime/acquire-task", ACQUIRE),
         ("GET", "/openapi.json", None), ("GET", "/docs", None), ("GET", "/", None),
@@ -83,11 +70,11 @@ def test_only_the_fleet_api_passes_the_fence(coordinator: Coordinator) -> None:
     assert all(status in (403, 404) for status in refused.values()), refused
     assert refused["/v1/control/list-runs"] == 403 and refused["/v1/runtime/acquire-task"] == 403
     # Flower's own answer without a node key: the request reached the SuperLink through the fence
-    assert _call(port, ca, "POST", "/v1/fleet/get-run") == 401
+    assert https_status(port, ca, "POST", "/v1/fleet/get-run") == 401
     # a path that nginx normalises into the Fleet API is forwarded as the normalised path only
-    assert _call(port, ca, "POST", "/v1/control/list-runs/../../fleet/get-run") == 401
+    assert https_status(port, ca, "POST", "/v1/control/list-runs/../../fleet/get-run") == 401
     # the same calls straight to the loopback SuperLink succeed: the fence is what refuses them
-    assert _call(coordinator.superlink_port, ca, "POST", "/v1/control/list-runs") == 200
+    assert https_status(coordinator.superlink_port, ca, "POST", "/v1/control/list-runs") == 200
 
 
 @pytest.fixture(scope="module")
