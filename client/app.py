@@ -23,7 +23,7 @@ from client.site_data.site_cache import SiteCache
 from client.site_data.loader import SiteDataError
 from client.site_round import SiteJob, evaluate_round, prepare, train_round
 from configs.parse import ConfigError
-from model.exchange import Layout, WeightsRefused, to_exchange
+from model.exchange import FLAT_KEY, Layout, WeightsRefused, to_exchange
 from privacy.decline import REASONS, RoundDeclined
 
 
@@ -110,8 +110,9 @@ def train(msg: Message, context: Context) -> Message:
     job = _job(msg, context)
     server_round = _server_round(msg)
     weights, metrics = train_round(job, str(context.run_id), server_round)
-    exchanged = to_exchange(weights, Layout.of(job.model.state_dict()))  # one flat float32 array
-    arrays = ArrayRecord({k: Array(v) for k, v in exchanged.items()})
+    if FLAT_KEY in msg.content.array_records["arrays"]:  # reply in the form the coordinator sent
+        weights = to_exchange(weights, Layout.of(job.model.state_dict()))  # one flat float32 array
+    arrays = ArrayRecord({k: Array(v) for k, v in weights.items()})
     return _reply(msg, job.site.name, metrics, arrays)
 
 

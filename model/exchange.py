@@ -79,12 +79,18 @@ def to_exchange(arrays: Mapping[str, np.ndarray], layout: Layout) -> dict[str, n
 def from_exchange(exchanged: Mapping[str, np.ndarray], reference: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
     """The named arrays a message carries, cut by the reference model's layout (the receiver's own).
 
-    Refused (WeightsRefused): any array other than the one FLAT_KEY; a vector that is not 1-D,
+    The named form (exactly the model's state names) is accepted too and checked by check_weights.
+    Refused (WeightsRefused): any other set of arrays; a flat vector that is not 1-D,
     not floating point of at most 8 bytes, not exactly the model's size; any value that is NaN or
     infinite in the model's precision (1e300 as float64 is finite, as float32 it is not). Returns
     arrays in the model's dtypes (views of one converted copy)."""
+    if set(exchanged) == set(reference):  # the named form (one array per state entry): checked as such
+        named = {name: np.asarray(array) for name, array in exchanged.items()}
+        check_weights(named, reference)
+        return named
     if set(exchanged) != {FLAT_KEY}:
-        raise WeightsRefused(f"weights must travel as one array {FLAT_KEY!r}; got {sorted(exchanged)[:3]}")
+        raise WeightsRefused(f"weights must travel as one array {FLAT_KEY!r} or as the model's named "
+                             f"arrays; got {sorted(exchanged)[:3]}")
     layout = Layout.of(reference)
     flat = np.asarray(exchanged[FLAT_KEY])
     if flat.ndim != 1 or flat.size != layout.size:

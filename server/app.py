@@ -49,8 +49,10 @@ def _compute_s(msg: Message) -> float:
 class RecordingFedAvg(FedAvg):
     """FedAvg that also records each site's metrics and checkpoints every aggregated model."""
 
-    def __init__(self, recorder: RunRecorder, run_dir: Path, reference: Mapping[str, torch.Tensor],
+    def __init__(self, recorder: RunRecorder, run_dir: Path, reference: Mapping[str, torch.Tensor] | None = None,
                  **kwargs: float | int) -> None:
+        """`reference`: the model's state dict when the model travels flat (model.exchange); None
+        when it travels as named arrays (checkpoints then take the arrays as they are)."""
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self.recorder, self.run_dir, self.reference = recorder, run_dir, reference
         self.sent: dict[str, np.ndarray] | None = None  # the global model of the current round
@@ -137,11 +139,13 @@ def initial_record(cfg: ExperimentConfig) -> tuple[ArrayRecord, dict[str, torch.
     return ArrayRecord({k: Array(v) for k, v in exchanged.items()}), model.state_dict()
 
 
-def _named(arrays: ArrayRecord, reference: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
+def _named(arrays: ArrayRecord, reference: Mapping[str, torch.Tensor] | None) -> dict[str, np.ndarray]:
     """An aggregated (flat) model as the named state dict a checkpoint holds ({} for no model:
-    a run in which no round aggregated)."""
+    a run in which no round aggregated; the arrays as they are when they travel named)."""
     if not arrays:
         return {}
+    if reference is None:
+        return {k: v.numpy() for k, v in arrays.items()}
     return from_exchange({k: v.numpy() for k, v in arrays.items()}, reference)
 
 

@@ -59,6 +59,16 @@ class RoundRecord:
         return failed
 
     @property
+    def train_failures(self) -> int:
+        """Sites that failed training this round (no decline)."""
+        return len(self.train_failed)
+
+    @property
+    def eval_failures(self) -> int:
+        """Sites that failed evaluation this round (no decline)."""
+        return len(self.eval_failed)
+
+    @property
     def failures(self) -> int:
         """Failed phases this round (a site that failed training and evaluation counts twice)."""
         return len(self.train_failed) + len(self.eval_failed) + len(self.rejected)

@@ -108,7 +108,7 @@ def test_the_model_input_definition_must_be_the_sites(site_copy: Path, tmp_path:
     assert reply.has_error() and reply.error.code == ERROR_CONFIG and "data.labs" in reply.error.reason
 
 
-@pytest.mark.parametrize("damage", ["nan", "inf", "shape", "2-D", "missing", "extra", "per-tensor", "dtype"])
+@pytest.mark.parametrize("damage", ["nan", "inf", "shape", "2-D", "missing", "extra", "named-nan", "dtype"])
 def test_global_weights_that_are_not_the_models_or_not_finite_are_refused_before_any_spend(
         site_copy: Path, tmp_path: Path, damage: str) -> None:
     """nan-global-model (site side): refused before anything is planned, loaded or spent. The
@@ -125,8 +125,9 @@ def test_global_weights_that_are_not_the_models_or_not_finite_are_refused_before
         arrays = {}
     elif damage == "extra":
         arrays["head.0.weight"] = np.zeros((32, 99), dtype=np.float32)
-    elif damage == "per-tensor":  # the named arrays, not the exchange form
-        arrays = initial_weights(SMALL_RUN)
+    elif damage == "named-nan":  # the named form (one array per state entry) is checked the same way
+        arrays = {name: value.copy() for name, value in initial_weights(SMALL_RUN).items()}
+        next(v for v in arrays.values() if v.dtype.kind == "f" and v.size)[...] = np.nan
     else:
         arrays[FLAT_KEY] = flat.astype(np.int64)
     for kind in ("train", "evaluate"):
