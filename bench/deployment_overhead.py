@@ -323,7 +323,7 @@ def deployment_rounds(root: Path, rounds: int, work: Path, *, wire_before: bool 
     before the flat exchange); each on a fresh loopback deployment under WORK/deploy."""
     import shutil
     shutil.rmtree(work / "deploy", ignore_errors=True)
-    logs = work / "logs"
+    logs = work / "deploy" / "logs"  # fresh each time: readiness is read from these files
     logs.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, **FLOWER_ENV, "FEDCLINIC_LEDGER_MARK_DIR": str(work / "marks"),
            "PYTHONPATH": str(ROOT)}

@@ -2,10 +2,11 @@
 
 Its ServerApp runs FedAvg over every site for N rounds, a train and an evaluate message per site
 per round, carrying exactly the arrays fedclinic sends (server.app.initial_record); its ClientApp
-does no work: a train message is answered with the arrays it received, an evaluate message with
-a metric. The round wall time it records is Flower's own floor for this pattern (message
-polling, process starts in deployment, serialisation), which bench/federation_overhead.py
-subtracts from fedclinic's round time.
+does no work: a train message is answered with the arrays it received plus a per-site offset (one
+vectorised add: new objects of the same size), an evaluate message with a metric. The
+round wall time it records is Flower's own floor for this pattern (message polling, process
+starts in deployment, serialisation), which bench/federation_overhead.py subtracts from
+fedclinic's round time.
 
 Run config `overrides` (a string, as fedclinic's): `rounds=N sites=S out=/abs/result.json
 [layout=flat|per-tensor]`; per-tensor sends the model as one array per tensor, as fedclinic did
@@ -22,6 +23,7 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
+import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
@@ -33,9 +35,13 @@ server_app = ServerApp()
 
 @client_app.train()
 def train(msg: Message, context: Context) -> Message:
-    """Echo the global arrays back, with the one metric FedAvg needs."""
-    content = RecordDict({"arrays": msg.content.array_records["arrays"],
-                          "metrics": MetricRecord({"num-examples": 1})})
+    """The global arrays back plus this node's own offset, with the one metric FedAvg needs: new
+    arrays of the same size and type at every site in every round (an echo, a change that undoes
+    itself, or the same reply from two sites gives objects the SuperLink holds already, and
+    Flower does not send those again)."""
+    offset = np.float32(1 + context.node_id % 1000)
+    arrays = ArrayRecord({k: Array(v.numpy() + offset) for k, v in msg.content.array_records["arrays"].items()})
+    content = RecordDict({"arrays": arrays, "metrics": MetricRecord({"num-examples": 1})})
     return Message(content=content, reply_to=msg)
 
 
