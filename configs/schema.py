@@ -72,14 +72,32 @@ class PrivacyConfig:
 
 @dataclass(frozen=True)
 class StrategyConfig:
-    """Federated aggregation."""
+    """Federated aggregation: one of Flower 1.41's strategies (server/strategy/choice.py) and the
+    round's k-of-n rules. Parameters a strategy does not use are ignored by it."""
 
-    name: str
-    fraction_train: float
-    fraction_evaluate: float
-    min_nodes: int
-    round_timeout: float  # seconds a round waits for replies (Strategy.start(timeout=...)); a dead site
-                          # no longer stalls it
+    name: str                     # fedavg | fedprox | fedadam | fedyogi | fedadagrad | fedtrimmedavg | fedmedian | multikrum
+    fraction: float               # share of the online sites sampled for training each round
+    fraction_evaluate: float      # share of the online sites sampled for evaluation each round
+    min_sites: int                # a round aggregates only when at least this many sites trained
+    round_timeout: float          # seconds a round waits: for min_sites to be online, then for replies
+    proximal_mu: float = 0.0      # FedProx: weight of the proximal term mu/2 ||w - w_global||^2 (site side)
+    server_lr: float = 0.1        # FedAdam/FedYogi/FedAdagrad: server learning rate eta
+    beta_1: float = 0.9           # FedAdam/FedYogi: first-moment decay
+    beta_2: float = 0.99          # FedAdam/FedYogi: second-moment decay
+    tau: float = 1e-3             # FedAdam/FedYogi/FedAdagrad: adaptivity (numerical floor)
+    trim_beta: float = 0.2        # FedTrimmedAvg: share cut from each end per coordinate
+    byzantine_sites: int = 0      # MultiKrum: sites assumed malicious (f)
+    krum_keep: int = 0            # MultiKrum: updates averaged after selection (0: n - f)
+    max_update_norm: float | None = None  # an update whose L2 distance to the global model exceeds this is left out
+    outlier_factor: float = 10.0  # ... or exceeds this many times the round's median (with >= 3 updates)
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    """How the coordinator reads the sites' released validation histograms (server/clinical_metrics.py)."""
+
+    threshold: float = 0.5        # probability above which a patient is called positive (snapped to a bin edge)
+    min_cell: int = 10            # small-cell suppression: no count below this is shown, nor a metric built on it
 
 
 @dataclass(frozen=True)
@@ -99,6 +117,7 @@ class OutputConfig:
     root: str
     run_dir: str | None
     audit_log: str | None = None
+    resume: bool = False  # continue the run in run_dir from its last completed round (fedclinic run resume=DIR)
 
 
 @dataclass(frozen=True)
@@ -114,6 +133,7 @@ class ExperimentConfig:
     strategy: StrategyConfig
     simulation: SimulationConfig
     output: OutputConfig
+    evaluation: EvaluationConfig = EvaluationConfig()
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,8 @@ from configs.schema import ExperimentConfig
 OPTIMIZERS = ("adam", "sgd")
 ACCOUNTANTS = ("prv", "rdp")
 GRAD_SAMPLE_MODES = ("bk", "hooks", "ghost", "ew")
-STRATEGIES = ("fedavg",)
+STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad", "fedtrimmedavg", "fedmedian",
+              "multikrum")
 DEVICES = ("auto", "cpu", "cuda")
 FRAME_POLICIES = ("middle", "first", "mean")
 
@@ -25,6 +26,7 @@ RELEASE_MAXIMA = {
     "train.lr": 1000.0, "train.num_threads": 1024, "data.image_size": 512, "data.note_buckets": 1 << 20,
     "data.note_max_tokens": 4096, "model.width": 4096, "model.conv_layers": 8,
     "privacy.target_epsilon": 100.0, "privacy.max_grad_norm": 1e6, "strategy.round_timeout": 86_400.0,
+    "strategy.proximal_mu": 100.0, "strategy.min_sites": 100_000,
 }
 
 
@@ -68,10 +70,24 @@ def validate_experiment(cfg: ExperimentConfig) -> None:
              f"must be one of {GRAD_SAMPLE_MODES}")
     s = cfg.strategy
     _require(s.name in STRATEGIES, "strategy.name", f"must be one of {STRATEGIES}")
-    _require(0 < s.fraction_train <= 1, "strategy.fraction_train", "must be in (0, 1]")
+    _require(0 < s.fraction <= 1, "strategy.fraction", "must be in (0, 1]")
     _require(0 <= s.fraction_evaluate <= 1, "strategy.fraction_evaluate", "must be in [0, 1]")
-    _require(s.min_nodes >= 1, "strategy.min_nodes", "must be >= 1")
+    _in_range(s.min_sites, 1, m["strategy.min_sites"], "strategy.min_sites")
     _in_range(s.round_timeout, 1, m["strategy.round_timeout"], "strategy.round_timeout")
+    _in_range(s.proximal_mu, 0, m["strategy.proximal_mu"], "strategy.proximal_mu")
+    _in_range(s.server_lr, 0, 10.0, "strategy.server_lr", low_open=True)
+    _require(math.isfinite(s.beta_1) and 0 <= s.beta_1 < 1, "strategy.beta_1", "must be in [0, 1)")
+    _require(math.isfinite(s.beta_2) and 0 <= s.beta_2 < 1, "strategy.beta_2", "must be in [0, 1)")
+    _in_range(s.tau, 0, 1.0, "strategy.tau", low_open=True)
+    _require(math.isfinite(s.trim_beta) and 0 <= s.trim_beta < 0.5, "strategy.trim_beta", "must be in [0, 0.5)")
+    _in_range(s.byzantine_sites, 0, 1000, "strategy.byzantine_sites")
+    _in_range(s.krum_keep, 0, 100_000, "strategy.krum_keep")
+    if s.max_update_norm is not None:
+        _in_range(s.max_update_norm, 0, 1e12, "strategy.max_update_norm", low_open=True)
+    _in_range(s.outlier_factor, 1, 1e12, "strategy.outlier_factor")
+    e = cfg.evaluation
+    _require(math.isfinite(e.threshold) and 0 < e.threshold < 1, "evaluation.threshold", "must be in (0, 1)")
+    _in_range(e.min_cell, 1, 1_000_000, "evaluation.min_cell")
     _require(cfg.simulation.cpus_per_site >= 1, "simulation.cpus_per_site", "must be an integer >= 1")
 
 

@@ -161,9 +161,9 @@ def main(grid: Grid, context: Context) -> None:
     initial, reference = initial_record(cfg)
     recorder = run_recorder(cfg, run_dir, context.run_id, grid)  # + audit log events when output.audit_log
     s = cfg.strategy
-    strategy = RecordingFedAvg(recorder, run_dir, reference, fraction_train=s.fraction_train,
-                               fraction_evaluate=s.fraction_evaluate, min_train_nodes=s.min_nodes,
-                               min_evaluate_nodes=s.min_nodes, min_available_nodes=s.min_nodes)
+    strategy = RecordingFedAvg(recorder, run_dir, reference, fraction_train=s.fraction,
+                               fraction_evaluate=s.fraction_evaluate, min_train_nodes=s.min_sites,
+                               min_evaluate_nodes=s.min_sites, min_available_nodes=s.min_sites)
     with recorder.live():
         result = strategy.start(grid=grid, initial_arrays=initial, num_rounds=cfg.rounds,
                                 timeout=s.round_timeout, train_config=ConfigRecord(),
