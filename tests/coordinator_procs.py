@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import serialization
 
 from launcher.child_processes import descendants
 from launcher.coordinator.folder import FLOWER_ENV
-from server.certificates import new_key
+from server.deployment.certificates import new_key
 
 BIN = Path(sys.executable).parent
 START_WAIT_S = 180.0  # a loaded 2-core CI box: the SuperLink alone can take 20 s to import

@@ -14,8 +14,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from launcher.cli import main
 from launcher.coordinator.folder import CoordinatorFolder
-from server import certificates as pki
-from server.coordinator_settings import SettingsError, load_settings
+from server.deployment import certificates as pki
+from server.deployment.coordinator_settings import SettingsError, load_settings
 
 
 def _init(folder: Path, *extra: str) -> int:

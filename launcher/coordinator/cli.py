@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from server.coordinator_settings import DEFAULT_LISTEN, DEFAULT_SUPERLINK_PORT
+from server.deployment.coordinator_settings import DEFAULT_LISTEN, DEFAULT_SUPERLINK_PORT
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -63,7 +63,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
 
 def _init(args: argparse.Namespace, console: Console) -> int:
     from launcher.coordinator.folder import CoordinatorFolder, init_folder
-    from server.certificates import CA_DAYS, SERVER_DAYS, describe, load_cert
+    from server.deployment.certificates import CA_DAYS, SERVER_DAYS, describe, load_cert
     folder = CoordinatorFolder.at(args.dir)
     settings = init_folder(folder, args.host, args.listen, args.superlink_port)
     ca = describe(load_cert(folder.ca_cert))
@@ -141,7 +141,7 @@ def _renew(args: argparse.Namespace, console: Console) -> int:
 
 def _inspect(path: Path, console: Console) -> int:
     """Print a certificate's details; exit 1 if it has expired (0 otherwise, with a warning < 30 days)."""
-    from server.certificates import WARN_DAYS, describe, load_cert
+    from server.deployment.certificates import WARN_DAYS, describe, load_cert
     info = describe(load_cert(path))
     sans = [*(f"DNS:{d}" for d in info.dns_names), *(f"IP:{i}" for i in info.ip_addresses)]
     console.print(f"{path}\n  subject:     {info.subject}\n  issuer:      {info.issuer}\n"

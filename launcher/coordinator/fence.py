@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from launcher.coordinator.folder import CoordinatorFolder
-from server.coordinator_settings import CoordinatorSettings
+from server.deployment.coordinator_settings import CoordinatorSettings
 from storage.atomic import write_atomic
 
 TEMPLATE_NAME = "nginx.conf.template"

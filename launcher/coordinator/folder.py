@@ -1,6 +1,6 @@
 """The coordinator folder (docs/deployment.md): its layout, `coordinator init` and `renew-cert`.
 
-    DIR/coordinator.toml   settings (server.coordinator_settings)
+    DIR/coordinator.toml   settings (server.deployment.coordinator_settings)
     DIR/certs/             ca.crt, ca.key (0600), server.pem, server.key (0600)
     DIR/state/             superlink.db, coordinator.pid, fence/ (nginx.conf, pid, temp)
     DIR/runs/              run folders written by the ServerApp
@@ -15,8 +15,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from server import certificates as pki
-from server.coordinator_settings import FILE_NAME, CoordinatorSettings, load_settings, make_settings
+from server.deployment import certificates as pki
+from server.deployment.coordinator_settings import FILE_NAME, CoordinatorSettings, load_settings, make_settings
 from storage.atomic import write_atomic
 
 CONNECTION = "fedclinic"  # the `flwr` CLI connection in DIR/home/config.toml

@@ -28,8 +28,8 @@ from rich.markup import escape
 from launcher.child_processes import Child, log_tail, spawn, tool
 from launcher.coordinator.folder import CONNECTION, CoordinatorFolder
 from launcher.coordinator.fence import fence_command, render_fence
-from server.certificates import describe, load_cert
-from server.coordinator_settings import CoordinatorSettings, is_loopback
+from server.deployment.certificates import describe, load_cert
+from server.deployment.coordinator_settings import CoordinatorSettings, is_loopback
 from storage.audit_log import append_event
 
 SUPERLINK_WAIT_S = 90.0  # flower-superlink imports FastAPI and Flower first: ~6 s on 2 idle cores

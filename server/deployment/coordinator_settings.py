@@ -134,7 +134,7 @@ def _value(raw: dict[str, Any], section: str, key: str, path: Path) -> Any:
 
 
 def _checked(s: CoordinatorSettings, where: str) -> CoordinatorSettings:
-    from server.certificates import CertificateError, subject_name
+    from server.deployment.certificates import CertificateError, subject_name
     for host in s.hosts:
         try:
             subject_name(host)

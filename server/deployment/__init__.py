@@ -1,0 +1,1 @@
+"""The deployed coordinator's own files: its certificates and coordinator.toml."""
