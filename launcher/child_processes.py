@@ -25,11 +25,12 @@ class Child:
     process: subprocess.Popen[bytes]
     log: Path
 
-    def stop(self) -> None:
-        """SIGTERM to the group; SIGKILL to what is left after STOP_WAIT_S. Descendants that left
+    def stop(self, wait_s: float = STOP_WAIT_S) -> None:
+        """SIGTERM to the group; SIGKILL to what is left after `wait_s` (0: SIGKILL at once). Descendants that left
         the group (Flower starts flower-superexec in a session of its own) get the same, by PID."""
         strays = descendants(self.process.pid)
-        for sig, wait in ((signal.SIGTERM, STOP_WAIT_S), (signal.SIGKILL, 5.0)):
+        steps = ((signal.SIGTERM, wait_s), (signal.SIGKILL, 5.0)) if wait_s > 0 else ((signal.SIGKILL, 5.0),)
+        for sig, wait in steps:
             _signal_all(self.process.pid, strays, sig)
             deadline = time.monotonic() + wait
             while time.monotonic() < deadline and (_group_alive(self.process.pid) or _any_alive(strays)):

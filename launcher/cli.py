@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections.abc import Sequence
@@ -33,7 +32,8 @@ def _parser() -> argparse.ArgumentParser:
                          "submit it to a coordinator's sites")
     run.add_argument("--federation", type=Path, metavar="DIR", help="a coordinator folder: submit the installed "
                      "release to its SuperLink with `flwr run` (docs/deployment.md)")
-    run.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. data.root=DIR rounds=5")
+    run.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. data.root=DIR rounds=5 strategy=fedadam; "
+                     "resume=RUN_DIR continues a stopped run from its last completed round")
     site = sub.add_parser("site", help="site IT tools").add_subparsers(dest="site_command", required=True)
     check = site.add_parser("check", help="validate a site folder without training; print and save a report")
     check.add_argument("folder", type=Path, help="the site folder (labels, manifest, labs, notes)")
@@ -172,31 +172,8 @@ def _released_lab_features(site_file: Path) -> str | None:
 
 
 def _run(overrides: list[str], console: Console) -> int:
-    from client.site import discover_sites
-    from configs.load import load_experiment
-    from launcher.simulation import run_simulation
-    from server.run_folder import create_run_folder
-    cfg = load_experiment(overrides)
-    if not cfg.data.root:
-        raise ValueError("data.root is not set: `fedclinic run data.root=DIR` (a folder of site folders)")
-    root = Path(cfg.data.root).expanduser().resolve()
-    sites = discover_sites(root)
-    run_dir = Path(cfg.output.run_dir) if cfg.output.run_dir else create_run_folder(Path(cfg.output.root))
-    console.print(f"fedclinic: {len(sites)} sites ({', '.join(s.name for s in sites)}), "
-                  f"{cfg.rounds} rounds, target ε {cfg.privacy.target_epsilon} at δ {cfg.privacy.target_delta}")
-    started = time.perf_counter()
-    final = [*overrides, f"data.root={root}", f"output.run_dir={run_dir.resolve()}"]
-    run_simulation(final, num_sites=len(sites), cpus_per_site=cfg.simulation.cpus_per_site,
-                   gpus_per_site=cfg.simulation.gpus_per_site)
-    summary_path = run_dir / "summary.json"
-    if not summary_path.is_file():
-        console.print(f"[red]the run ended without a summary; see the log above. Run folder: {run_dir}[/red]")
-        return 1
-    summary = json.loads(summary_path.read_text())
-    final = summary["final_auroc"]
-    console.print(f"final AUROC {'-' if final is None else f'{final:.3f}'}, "
-                  f"wall time {time.perf_counter() - started:.0f} s")
-    return 0
+    from launcher.run_command import run
+    return run(overrides, console)
 
 
 def _demo(args: argparse.Namespace, console: Console) -> int:

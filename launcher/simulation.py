@@ -7,6 +7,7 @@ here, inside functions, and only after telemetry and runtime dependency installs
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import secrets
@@ -89,3 +90,20 @@ def run_simulation(overrides: Sequence[str], *, num_sites: int, cpus_per_site: i
                     backend_config=backend_config(num_sites, cpus_per_site, gpus_per_site),
                     app_dir=str(APP_DIR), run=run, server_app_context=context, is_app=True,
                     exit_event=EventType.FLWR_SIMULATION_RUN_LEAVE)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m launcher.simulation --sites N --cpus C --gpus G -- OVERRIDES...`: the process
+    `fedclinic run` supervises (launcher/run_command.py)."""
+    parser = argparse.ArgumentParser(prog="python -m launcher.simulation")
+    parser.add_argument("--sites", type=int, required=True)
+    parser.add_argument("--cpus", type=int, required=True)
+    parser.add_argument("--gpus", type=float, required=True)
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args(argv)
+    run_simulation(args.overrides, num_sites=args.sites, cpus_per_site=args.cpus, gpus_per_site=args.gpus)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

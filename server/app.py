@@ -1,14 +1,19 @@
-"""The Flower ServerApp adapter: FedAvg over the sites, recorded into a run folder."""
+"""The Flower ServerApp adapter: the configured strategy over the sites, recorded into a run folder.
+
+The run folder (runs/<run-id>/) gets, after every round: summary.json (status "running"),
+resume.pt, global_model.pt (the last round that aggregated) and best_model.pt (the best validation
+AUROC); at the end the final summary, report.html and TensorBoard events.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
@@ -16,117 +21,22 @@ from configs.load import load_experiment, split_overrides, to_yaml
 from configs.schema import ExperimentConfig
 from model.exchange import Layout, from_exchange, state_to_numpy, to_exchange
 from model.networks import build_model
-from privacy.decline import REASONS as DECLINE_REASONS
-from server.audit_events import run_recorder
-from server.evaluation import SiteEvaluation
-from server.recorder import RunRecorder, SiteTraining
-from server.run_folder import CONFIG, SHARED, SUMMARY, create_run_folder, save_checkpoint
-from server.summary import build_summary
-from server.update_check import update_problem
+from server.audit_events import registered_names, run_recorder
+from server.flower.deadline_grid import DeadlineGrid
+from server.flower.recording import RecordingStrategy, RoundRules
+from server.flower.strategies import build_strategy
+from server.recorder import RoundRecord, RunRecorder
+from server.run_folder import CONFIG, SHARED, SUMMARY, create_run_folder
+from server.run_state import (RUNNING, ResumePoint, RunStopped, final_status, load_resume_point,
+                              save_resume_point, split_strategy_state, strategy_state_arrays)
+from server.summary import RunOutcome, build_summary
 from storage.atomic import write_atomic, write_json
 
 app = ServerApp()
 
 
-def _site(msg: Message, recorder: RunRecorder) -> str:
-    """The name a site gives itself in its replies (remembered for its later error replies)."""
-    records = msg.content.config_records if msg.has_content() else {}  # an error reply has no content
-    if "site" in records:
-        recorder.names[msg.metadata.src_node_id] = str(records["site"]["name"])
-    return recorder.site_name(msg.metadata.src_node_id)
-
-
-def _metrics(msg: Message) -> MetricRecord:
-    return next(iter(msg.content.metric_records.values()))
-
-
-def _compute_s(msg: Message) -> float:
-    """The site's reported compute seconds for this message (0.0 when it reports none)."""
-    value = _metrics(msg).get("compute-s", 0.0)
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
-
-
-class RecordingFedAvg(FedAvg):
-    """FedAvg that also records each site's metrics and checkpoints every aggregated model."""
-
-    def __init__(self, recorder: RunRecorder, run_dir: Path, reference: Mapping[str, torch.Tensor] | None = None,
-                 **kwargs: float | int) -> None:
-        """`reference`: the model's state dict when the model travels flat (model.exchange); None
-        when it travels as named arrays (checkpoints then take the arrays as they are)."""
-        super().__init__(**kwargs)  # type: ignore[arg-type]
-        self.recorder, self.run_dir, self.reference = recorder, run_dir, reference
-        self.sent: dict[str, np.ndarray] | None = None  # the global model of the current round
-        self.asked: list[int] = []  # the node ids this phase's messages went to
-
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-                        ) -> Iterable[Message]:
-        self.sent = {k: v.numpy() for k, v in arrays.items()}
-        messages = list(super().configure_train(server_round, arrays, config, grid))
-        self.asked = [m.metadata.dst_node_id for m in messages]
-        return messages
-
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-                           ) -> Iterable[Message]:
-        messages = list(super().configure_evaluate(server_round, arrays, config, grid))
-        self.asked = [m.metadata.dst_node_id for m in messages]
-        return messages
-
-    def _failed(self, replies: list[Message]) -> dict[str, str]:
-        """The sites asked in this phase that neither answered nor declined: {site: why}.
-
-        A site with no reply of its own (Flower's "node unavailable" comes from the SuperLink, not
-        the site) is one that went offline or did not answer within strategy.round_timeout."""
-        answered = {m.metadata.src_node_id: m for m in replies}
-        failed = {}
-        for node in self.asked:
-            reply = answered.get(node)
-            if reply is None:
-                failed[self.recorder.site_name(node)] = "no reply (offline, or past strategy.round_timeout)"
-            elif reply.has_error() and reply.error.code not in DECLINE_REASONS:
-                failed[self.recorder.site_name(node)] = f"error {reply.error.code}"  # an error has no content
-        return failed
-
-    def _valid(self, server_round: int, replies: list[Message]) -> list[Message]:
-        """Replies whose update can be averaged; the others are recorded as rejected, with why."""
-        valid = []
-        for m in replies:
-            problem = None if m.has_error() or "arrays" not in m.content.array_records else update_problem(
-                {k: v.numpy() for k, v in m.content.array_records["arrays"].items()}, self.sent)
-            if problem is None:
-                valid.append(m)
-            else:
-                self.recorder.rejected(server_round, _site(m, self.recorder), problem)
-        return valid
-
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]
-                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        replies = list(replies)
-        failed = self._failed(replies)
-        replies = self._valid(server_round, replies)
-        arrays, metrics = super().aggregate_train(server_round, replies) if replies else (None, None)
-        ok = [m for m in replies if not m.has_error()]
-        declined = {m.metadata.src_node_id: m.error.code for m in replies
-                    if m.has_error() and m.error.code in DECLINE_REASONS}
-        self.recorder.trained(server_round, [SiteTraining(
-            _site(m, self.recorder), int(_metrics(m)["num-examples"]),
-            float(_metrics(m)["epsilon"]), float(_metrics(m)["delta"]), float(_metrics(m)["lifetime-epsilon"]),
-            _compute_s(m)) for m in ok], failed=failed, declined=declined)
-        if arrays is not None:
-            save_checkpoint(self.run_dir, _named(arrays, self.reference), server_round)
-        return arrays, metrics
-
-    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        replies = list(replies)
-        ok, _ = self._check_and_log_replies(replies, is_train=False)
-        evals = [SiteEvaluation(_site(m, self.recorder), float(_metrics(m)["auroc"]) if _metrics(m)["auroc-defined"] else None,
-                                float(_metrics(m)["eval-loss"]), int(_metrics(m)["num-examples"]),
-                                float(_metrics(m)["epsilon"]), bool(_metrics(m)["metrics-dp"]),
-                                float(_metrics(m)["auroc-std"]), float(_metrics(m)["lifetime-epsilon"]),
-                                _compute_s(m))
-                 for m in ok]
-        result = self.recorder.evaluated(server_round, evals, failed=self._failed(replies))
-        values = {"auroc": result.auroc, "loss": result.loss}
-        return MetricRecord({k: float(v) for k, v in values.items() if v is not None}) if ok else None
+class RecordingFedAvg(RecordingStrategy, FedAvg):
+    """Flower's FedAvg with fedclinic's recording (server/flower/recording.py)."""
 
 
 def initial_record(cfg: ExperimentConfig) -> tuple[ArrayRecord, dict[str, torch.Tensor]]:
@@ -140,8 +50,7 @@ def initial_record(cfg: ExperimentConfig) -> tuple[ArrayRecord, dict[str, torch.
 
 
 def _named(arrays: ArrayRecord, reference: Mapping[str, torch.Tensor] | None) -> dict[str, np.ndarray]:
-    """An aggregated (flat) model as the named state dict a checkpoint holds ({} for no model:
-    a run in which no round aggregated; the arrays as they are when they travel named)."""
+    """An aggregated (flat) model as the named state dict a checkpoint holds ({} for no model)."""
     if not arrays:
         return {}
     if reference is None:
@@ -149,9 +58,51 @@ def _named(arrays: ArrayRecord, reference: Mapping[str, torch.Tensor] | None) ->
     return from_exchange({k: v.numpy() for k, v in arrays.items()}, reference)
 
 
+class RunBook:
+    """The run folder as the rounds go: the resume point and the running summary after each round."""
+
+    def __init__(self, cfg: ExperimentConfig, run_dir: Path, recorder: RunRecorder, strategy: RecordingStrategy,
+                 flower_run_ids: list[str]) -> None:
+        self.cfg, self.run_dir, self.recorder, self.strategy = cfg, run_dir, recorder, strategy
+        self.flower_run_ids = flower_run_ids
+        self.last_completed = strategy.rules.first_round - 1
+
+    def round_ended(self, number: int) -> None:
+        self.last_completed = number
+        s = self.strategy
+        arrays = {k: v.numpy() for k, v in (s.global_arrays or ArrayRecord()).items()}
+        save_resume_point(self.run_dir, ResumePoint(
+            number, arrays, strategy_state_arrays(s.strategy_state()),
+            [r.as_json() for r in sorted(self.recorder.rounds.values(), key=lambda r: r.round)],
+            dict(self.recorder.names), s.best[0] if s.best else None, s.best[1] if s.best else None,
+            s.last_aggregated, self.flower_run_ids))
+        self.write(RUNNING, f"round {number} of {self.cfg.rounds} completed")
+
+    def write(self, status: str, reason: str) -> dict[str, object]:
+        s = self.strategy
+        outcome = RunOutcome(status, reason, self.last_completed, s.last_aggregated, s.best,
+                             tuple(self.flower_run_ids))
+        summary = build_summary(self.cfg, self.recorder, self.run_dir.name, outcome)
+        write_json(self.run_dir / SUMMARY, summary)
+        return summary
+
+
+def _resume(cfg: ExperimentConfig, run_dir: Path, initial: ArrayRecord, recorder: RunRecorder
+            ) -> tuple[ArrayRecord, ResumePoint | None]:
+    """The arrays the run (re)starts from, and its resume point (None: a fresh start)."""
+    point = load_resume_point(run_dir) if cfg.output.resume else None
+    if point is None:
+        return initial, None
+    recorder.restore([RoundRecord.from_json(r) for r in point.rounds])
+    arrays = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in point.arrays.items()}) if point.arrays \
+        else initial
+    return arrays, point
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    """Compose the config, run FedAvg for cfg.rounds, write the run folder."""
+    """Compose the config, run the configured strategy for cfg.rounds (or what a resumed run has
+    left), write the run folder."""
     overrides = split_overrides(str(context.run_config.get("overrides", "")))
     cfg = load_experiment(overrides)
     run_dir = Path(cfg.output.run_dir) if cfg.output.run_dir else create_run_folder(Path(cfg.output.root))
@@ -160,16 +111,41 @@ def main(grid: Grid, context: Context) -> None:
         write_atomic(run_dir / CONFIG, to_yaml(overrides).encode(), mode=SHARED)
     initial, reference = initial_record(cfg)
     recorder = run_recorder(cfg, run_dir, context.run_id, grid)  # + audit log events when output.audit_log
+    if cfg.output.audit_log:
+        recorder.names.update(registered_names(Path(cfg.output.audit_log)))
+    arrays, point = _resume(cfg, run_dir, initial, recorder)
+    first = point.round + 1 if point else 1
     s = cfg.strategy
-    strategy = RecordingFedAvg(recorder, run_dir, reference, fraction_train=s.fraction,
-                               fraction_evaluate=s.fraction_evaluate, min_train_nodes=s.min_sites,
-                               min_evaluate_nodes=s.min_sites, min_available_nodes=s.min_sites)
-    with recorder.live():
-        result = strategy.start(grid=grid, initial_arrays=initial, num_rounds=cfg.rounds,
-                                timeout=s.round_timeout, train_config=ConfigRecord(),
-                                evaluate_config=ConfigRecord())
-    save_checkpoint(run_dir, _named(result.arrays, reference), cfg.rounds)
-    write_json(run_dir / SUMMARY, build_summary(cfg, recorder, run_dir.name, context.run_id))
+    rules = RoundRules(s.min_sites, s.max_update_norm, s.outlier_factor, run_dir.name, first)
+    strategy = build_strategy(s, cfg.evaluation, recorder, run_dir, reference, rules)
+    if point is not None:
+        strategy.load_strategy_state(split_strategy_state(point.strategy_state))
+        strategy.last_aggregated = point.last_aggregated
+        strategy.best = (point.best_round, point.best_auroc) if point.best_round is not None else None
+        strategy.global_arrays = arrays
+    book = RunBook(cfg, run_dir, recorder, strategy, [*(point.flower_run_ids if point else []), str(context.run_id)])
+    strategy.on_round_end = book.round_ended
+    stopped = None
+    if first > 1:
+        recorder.console.print(f"resuming {run_dir.name} after round {first - 1}", highlight=False)
+    try:
+        with recorder.live():
+            if first <= cfg.rounds:
+                strategy.start(grid=DeadlineGrid(grid, s.round_timeout), initial_arrays=arrays,
+                               num_rounds=cfg.rounds - first + 1, timeout=s.round_timeout,
+                               train_config=ConfigRecord(), evaluate_config=ConfigRecord())
+    except RunStopped as exc:
+        stopped = exc
+    aggregated = [r.round for r in recorder.rounds.values() if r.aggregated]
+    evaluated = [r.round for r in recorder.rounds.values() if r.evaluation and r.evaluation.auroc is not None]
+    status, reason = final_status(cfg.rounds, book.last_completed, aggregated, evaluated, stopped)
+    book.write(status, reason)
+    _write_report(run_dir)
     recorder.console.print(recorder.table())
-    recorder.console.print(f"run folder: {run_dir.resolve()} (Flower run id {context.run_id}, as in the sites' "
-                           "privacy ledgers)", soft_wrap=True, highlight=False)
+
+
+def _write_report(run_dir: Path) -> None:
+    """report.html and TensorBoard events from the summary (server/report/)."""
+    from server.report import write_events, write_report
+    write_report(run_dir)
+    write_events(run_dir)

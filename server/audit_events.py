@@ -21,7 +21,7 @@ from configs.schema import ExperimentConfig
 from privacy.decline import REASONS as DECLINE_REASONS
 from server.evaluation import GlobalEvaluation, SiteEvaluation
 from server.recorder import RunRecorder, SiteTraining
-from storage.audit_log import append_event
+from storage.audit_log import append_event, read_events
 
 
 class _RunInfo(Protocol):
@@ -69,3 +69,17 @@ def run_recorder(cfg: ExperimentConfig, run_dir: Path, flower_run_id: int, grid:
     append_event(recorder.audit_log, "run-started", {**recorder.run_fields, "app_sha256": grid.run.fab_hash,
                                                      "rounds": cfg.rounds})
     return recorder
+
+
+def registered_names(audit_log: Path) -> dict[int, str]:
+    """{node id: site name} of the registrations in a coordinator's audit log, minus unregistrations
+    (`fedclinic coordinator register-site`); {} when the log does not exist yet."""
+    names: dict[int, str] = {}
+    if not audit_log.exists():
+        return names
+    for event in read_events(audit_log).events:
+        if event.get("event") == "site-registered":
+            names[int(str(event["node_id"]))] = str(event["name"])
+        elif event.get("event") == "site-unregistered":
+            names.pop(int(str(event["node_id"])), None)
+    return names

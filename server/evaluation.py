@@ -19,6 +19,9 @@ class SiteEvaluation:
     auroc_std: float = 0.0         # std of the site's AUROC due to its DP noise (0: exact)
     lifetime_epsilon: float | None = None  # the dataset's lifetime epsilon after this release
     compute_s: float = 0.0         # the site's reported scoring time (to 0.1 s; 0 if not reported)
+    histogram_positive: tuple[float, ...] = ()  # [BINS] released score counts of positive patients
+    histogram_negative: tuple[float, ...] = ()  # [BINS] ... of negative patients (client/validation_release.py)
+    epsilon_cap: float | None = None  # the site's run epsilon ceiling, as it reported it
 
 
 @dataclass(frozen=True)

@@ -5,13 +5,15 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from server.evaluation import GlobalEvaluation, SiteEvaluation, aggregate
+from server.participation import DECLINED, TRAIN, TRAINED, Outcome, plural
 
 
 @dataclass(frozen=True)
@@ -24,6 +26,7 @@ class SiteTraining:
     delta: float
     lifetime_epsilon: float
     compute_s: float = 0.0  # the site's reported training time (to 0.1 s; 0 if not reported)
+    epsilon_cap: float | None = None  # the site's run epsilon ceiling, as it reported it
 
 
 @dataclass
@@ -39,6 +42,44 @@ class RoundRecord:
     site_evals: list[SiteEvaluation] = field(default_factory=list)
     eval_failed: dict[str, str] = field(default_factory=dict)  # site -> why it did not evaluate (no decline)
     ended: float | None = None  # time.monotonic() when its last phase was recorded
+    wall_s: float | None = None  # seconds from the previous round's end (the first: from the run's start)
+    aggregated: bool = False     # a new global model came out of this round
+    skipped: str | None = None   # why the round did not aggregate
+    participation: dict[str, dict[str, Outcome]] = field(default_factory=dict)  # site -> phase -> outcome
+    metrics: dict[str, Any] = field(default_factory=dict)  # {"pooled": M, "sites": {site: M}} (summary M)
+
+    def as_json(self) -> dict[str, Any]:
+        """This record as JSON-able values (the run's resume state keeps them; from_json reverses)."""
+        raw = asdict(self)
+        raw["declined"] = {str(k): v for k, v in self.declined.items()}
+        raw["ended"] = None  # a monotonic clock reading means nothing in another process
+        return raw
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> RoundRecord:
+        ev = raw.get("evaluation")
+        return cls(round=int(raw["round"]), training=[SiteTraining(**t) for t in raw.get("training", [])],
+                   train_failed=dict(raw.get("train_failed", {})),
+                   declined={int(k): int(v) for k, v in raw.get("declined", {}).items()},
+                   rejected=dict(raw.get("rejected", {})),
+                   evaluation=GlobalEvaluation(**ev) if ev else None,
+                   site_evals=[SiteEvaluation(**{**e, "histogram_positive": tuple(e.get("histogram_positive", ())),
+                                                 "histogram_negative": tuple(e.get("histogram_negative", ()))})
+                               for e in raw.get("site_evals", [])],
+                   eval_failed=dict(raw.get("eval_failed", {})), wall_s=raw.get("wall_s"),
+                   aggregated=bool(raw.get("aggregated", False)), skipped=raw.get("skipped"),
+                   participation={site: {phase: Outcome.from_dict(o) for phase, o in phases.items()}
+                                  for site, phases in raw.get("participation", {}).items()},
+                   metrics=dict(raw.get("metrics", {})))
+
+    def sites_not_training(self) -> dict[str, str]:
+        """Sites with a training outcome other than 'trained': {site: status (and code)}."""
+        out = {}
+        for site, phases in sorted(self.participation.items()):
+            o = phases.get(TRAIN)
+            if o is not None and o.status != TRAINED:
+                out[site] = o.status.replace("_", " ") + (f" {o.code}" if o.code is not None else "")
+        return out
 
     @property
     def slowest_compute_s(self) -> float:
@@ -95,6 +136,19 @@ class RunRecorder:
     def _round(self, number: int) -> RoundRecord:
         return self.rounds.setdefault(number, RoundRecord(number))
 
+    def round_record(self, number: int) -> RoundRecord:
+        """The record of round `number` (created empty on first use)."""
+        return self._round(number)
+
+    def skip(self, number: int, why: str) -> None:
+        """Round `number` did not aggregate a model, and why."""
+        self._round(number).skipped = why
+
+    def aggregated(self, number: int) -> None:
+        """Round `number` produced a new global model."""
+        record = self._round(number)
+        record.aggregated, record.skipped = True, None
+
     @contextmanager
     def live(self) -> Iterator[None]:
         """Show a progress bar over the rounds while the block runs."""
@@ -124,14 +178,31 @@ class RunRecorder:
                            highlight=False)
 
     def wall_seconds(self) -> dict[int, float]:
-        """Each recorded round's wall time: from the previous round's end (the first round: from the
-        start of live(), so it includes the sites' start-up) to its own end, in seconds."""
+        """Each recorded round's wall time in seconds: from the previous round's end (the first
+        round of a start: from the start of live(), so it includes the sites' start-up) to its own
+        end. Rounds restored from a resume state keep the wall time they were recorded with."""
         walls, previous = {}, self.started
         for r in sorted(self.rounds.values(), key=lambda r: r.round):
             if r.ended is not None and previous is not None:
                 walls[r.round] = r.ended - previous
+            elif r.wall_s is not None:
+                walls[r.round] = r.wall_s
             previous = r.ended if r.ended is not None else previous
         return walls
+
+    def participated(self, number: int, phase: str, site: str, outcome: Outcome) -> None:
+        """Record one site's outcome in one phase of round `number` (TRAIN or EVALUATE)."""
+        self._round(number).participation.setdefault(site, {})[phase] = outcome
+
+    def restore(self, rounds: Sequence[RoundRecord]) -> None:
+        """Take back the rounds of an earlier start of this run (resume). Node ids are not taken
+        back: a new start (a new simulation) numbers its nodes anew; sites name themselves again."""
+        for r in rounds:
+            self.rounds[r.round] = r
+
+    def known_sites(self) -> list[str]:
+        """Every site name recorded in any round so far."""
+        return sorted({site for r in self.rounds.values() for site in r.participation})
 
     def site_name(self, node_id: int) -> str:
         return self.names.get(node_id, f"node-{node_id}")
@@ -143,21 +214,26 @@ class RunRecorder:
         record.site_evals, record.eval_failed = list(sites), dict(failed)
         record.evaluation = aggregate(sites)
         record.ended = time.monotonic()
+        record.wall_s = self.wall_seconds().get(number)
         self.console.print(_round_line(record, self.total_rounds), soft_wrap=True, highlight=False)
         if self._progress is not None and self._task is not None:
             self._progress.update(self._task, completed=number)
         return record.evaluation
 
     def table(self) -> Table:
-        """Round, AUROC, loss, max epsilon over sites, and failures."""
+        """Round, AUROC, loss, max epsilon over sites, counts, and the sites that did not train."""
         table = Table(title="fedclinic rounds (weighted federated evaluation)")
-        for name in ("round", "AUROC", "loss", "max ε (sites)", "declined", "failed"):
+        for name in ("round", "AUROC", "loss", "max ε (sites)", "trained", "declined", "failed"):
             table.add_column(name, justify="right")
+        table.add_column("did not train", justify="left")
         for r in sorted(self.rounds.values(), key=lambda r: r.round):
             ev = r.evaluation
+            missing = ", ".join(f"{site} ({why})" for site, why in r.sites_not_training().items())
+            if r.skipped:
+                missing = f"round skipped: {r.skipped}" + (f"; {missing}" if missing else "")
             table.add_row(str(r.round), _auroc(ev), _fmt(ev.loss if ev else None),
-                          _fmt(r.max_epsilon, 2), str(len(r.declined)),
-                          str(r.failures))
+                          _fmt(r.max_epsilon, 2), str(len(r.training)), str(len(r.declined)),
+                          str(r.failures), missing or "-")
         return table
 
     def last_site_values(self) -> Mapping[str, dict[str, float | int | None]]:
@@ -191,7 +267,12 @@ def _auroc(ev: GlobalEvaluation | None) -> str:
 
 def _round_line(r: RoundRecord, total: int) -> str:
     ev = r.evaluation
+    skipped = f"  (not aggregated: {r.skipped})" if r.skipped else ""
+    declined = [site for site, phases in r.participation.items()
+                if any(o.status == DECLINED for o in phases.values())]
     return (f"round {r.round}/{total}: AUROC {_auroc(ev)}  "
             f"loss {_fmt(ev.loss if ev else None)}  max ε {_fmt(r.max_epsilon, 2)}  "
-            f"sites {len(r.training)} trained, {len(r.declined)} declined, "
-            f"{r.failures} failed" + "".join(f"; {site}: {', '.join(why)}" for site, why in r.failed_sites.items()))
+            f"{plural(len(r.training), 'site')} trained, {len(r.declined)} declined, "
+            f"{r.failures} failed{skipped}"
+            + "".join(f"; {site}: declined" for site in sorted(declined))
+            + "".join(f"; {site}: {', '.join(why)}" for site, why in r.failed_sites.items()))

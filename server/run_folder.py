@@ -34,12 +34,14 @@ def create_run_folder(root: Path) -> Path:
             continue
 
 
-def save_checkpoint(run_dir: Path, arrays: Mapping[str, np.ndarray], server_round: int) -> Path:
-    """The global model as a torch state dict (plus the round it comes from)."""
+def save_checkpoint(run_dir: Path, arrays: Mapping[str, np.ndarray], server_round: int, *,
+                    name: str = CHECKPOINT) -> Path:
+    """The global model as a torch state dict, labelled with the round that aggregated it
+    (runs/<id>/global_model.pt; `name` best_model.pt for the best round's)."""
     buffer = io.BytesIO()
     state = {k: torch.from_numpy(np.array(v)) for k, v in arrays.items()}
     torch.save({"round": server_round, "state_dict": state}, buffer)
-    path = run_dir / CHECKPOINT
+    path = run_dir / name
     write_atomic(path, buffer.getvalue(), mode=SHARED)
     return path
 

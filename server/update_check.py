@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -25,3 +25,34 @@ def update_problem(arrays: Mapping[str, np.ndarray], reference: Mapping[str, np.
         if value.dtype.kind in "fc" and not np.isfinite(value).all():
             return f"array {key!r} holds NaN or infinite values"
     return None
+
+
+def update_norm(arrays: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray]) -> float:
+    """L2 norm of the update (arrays - reference) over every float array, in float64.
+
+    Call only for arrays that update_problem accepted against the same reference."""
+    total = 0.0
+    for key, ref in reference.items():
+        ref = np.asarray(ref)
+        if ref.dtype.kind == "f":
+            diff = np.asarray(arrays[key], dtype=np.float64) - ref.astype(np.float64)
+            total += float(np.dot(diff.ravel(), diff.ravel()))
+    return total ** 0.5
+
+
+def norm_outliers(norms: Mapping[str, float], *, max_norm: float | None, factor: float) -> dict[str, str]:
+    """Updates whose norm is out of bounds: {site: why}.
+
+    Out of bounds: above `max_norm` (strategy.max_update_norm; None: no absolute bound), or, with at
+    least 3 updates in the round, above `factor` times the round's median norm
+    (strategy.outlier_factor; the median is robust to a minority of outliers, Yin et al. 2018)."""
+    out = {}
+    values: Sequence[float] = sorted(norms.values())
+    median = float(np.median(values)) if len(values) >= 3 else None
+    for site, norm in norms.items():
+        if max_norm is not None and norm > max_norm:
+            out[site] = f"update norm {norm:.3g} above strategy.max_update_norm {max_norm:g}"
+        elif median is not None and median > 0 and norm > factor * median:
+            out[site] = (f"update norm {norm:.3g} is more than strategy.outlier_factor {factor:g} x the "
+                         f"round's median {median:.3g}")
+    return out

@@ -21,7 +21,8 @@ from cryptography.hazmat.primitives.serialization import load_ssh_public_key
 
 from launcher.coordinator.folder import CONNECTION, CoordinatorFolder
 from launcher.child_processes import tool
-from storage.audit_log import append_event, read_events
+from server.audit_events import registered_names as registered_in
+from storage.audit_log import append_event
 
 SITE_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")  # as `fedclinic site init` allows
 FLWR_TIMEOUT_S = 120
@@ -105,13 +106,7 @@ def flwr_json(folder: CoordinatorFolder, *args: str) -> dict[str, object]:
 
 def registered_names(folder: CoordinatorFolder) -> dict[int, str]:
     """{node id: site name} of the registrations recorded in the audit log, minus unregistrations."""
-    names: dict[int, str] = {}
-    for event in read_events(folder.audit_log).events:
-        if event.get("event") == "site-registered":
-            names[int(str(event["node_id"]))] = str(event["name"])
-        elif event.get("event") == "site-unregistered":
-            names.pop(int(str(event["node_id"])), None)
-    return names
+    return registered_in(folder.audit_log)
 
 
 def register_site(folder: CoordinatorFolder, name: str, key_file: Path) -> int:

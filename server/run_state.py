@@ -1,0 +1,136 @@
+"""A run's state between rounds: how it ended (status), and where a resume continues from.
+
+runs/<run-id>/resume.pt is rewritten (atomically) at the end of every round: the last completed
+round, the global model after it, the server optimiser's state (FedAdam, FedYogi, FedAdagrad), the
+recorded rounds and the best round so far. `fedclinic run resume=RUN_DIR` continues from there.
+
+Statuses (summary.json `status`): running (written after each round), completed (every planned
+round ran and a model was evaluated), failed (no round aggregated, or no evaluation was defined),
+interrupted (SIGINT/SIGTERM, or the coordinator died: a resume continues it), budget_exhausted
+(every site declined training for its privacy budget).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from storage.atomic import write_atomic, write_json
+
+RESUME, BEST_CHECKPOINT = "resume.pt", "best_model.pt"
+RUNNING, COMPLETED, FAILED, INTERRUPTED, BUDGET_EXHAUSTED = (
+    "running", "completed", "failed", "interrupted", "budget_exhausted")
+EXIT_CODES = {COMPLETED: 0, FAILED: 1, BUDGET_EXHAUSTED: 3, INTERRUPTED: 130, RUNNING: 1}
+BUDGET_CODES = (701, 702, 706)  # privacy/decline.py: lifetime budget, run ceiling, accounting limit
+PRIVATE = 0o600  # the resume state holds the model and the server optimiser's moments
+
+
+class RunStopped(Exception):
+    """The run ends before its planned rounds (raised from inside a round)."""
+
+    def __init__(self, status: str, reason: str) -> None:
+        super().__init__(reason)
+        self.status, self.reason = status, reason
+
+
+class ResumeError(ValueError):
+    """A run folder that cannot be resumed; the message names the file and what to do."""
+
+
+@dataclass
+class ResumePoint:
+    """Everything a resumed run needs: arrays are the global model as it travels (model.exchange)."""
+
+    round: int                                  # last completed round (training and evaluation done)
+    arrays: dict[str, np.ndarray]               # the global model after that round
+    strategy_state: dict[str, np.ndarray] = field(default_factory=dict)  # server optimiser moments
+    rounds: list[dict[str, Any]] = field(default_factory=list)           # RoundRecord.as_json() of each round
+    names: dict[int, str] = field(default_factory=dict)                  # node id -> site name
+    best_round: int | None = None
+    best_auroc: float | None = None
+    last_aggregated: int | None = None
+    flower_run_ids: list[str] = field(default_factory=list)
+
+
+def save_resume_point(run_dir: Path, point: ResumePoint) -> Path:
+    """Write runs/<id>/resume.pt atomically (torch.save of tensors, numbers and one JSON string)."""
+    meta = {"round": point.round, "rounds": point.rounds, "names": {str(k): v for k, v in point.names.items()},
+            "best_round": point.best_round, "best_auroc": point.best_auroc,
+            "last_aggregated": point.last_aggregated, "flower_run_ids": point.flower_run_ids}
+    payload = {"meta": json.dumps(meta),
+               "arrays": {k: torch.from_numpy(np.array(v)) for k, v in point.arrays.items()},
+               "strategy_state": {k: torch.from_numpy(np.array(v)) for k, v in point.strategy_state.items()}}
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    path = run_dir / RESUME
+    write_atomic(path, buffer.getvalue(), mode=PRIVATE)
+    return path
+
+
+def load_resume_point(run_dir: Path) -> ResumePoint | None:
+    """The resume point of a run folder; None when no round completed yet (resume starts at round 1).
+
+    Raises ResumeError for a resume.pt that cannot be read."""
+    path = run_dir / RESUME
+    if not path.exists():
+        return None
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        meta = json.loads(payload["meta"])
+        return ResumePoint(int(meta["round"]), {k: v.numpy() for k, v in payload["arrays"].items()},
+                           {k: v.numpy() for k, v in payload["strategy_state"].items()}, list(meta["rounds"]),
+                           {int(k): str(v) for k, v in meta["names"].items()}, meta["best_round"],
+                           meta["best_auroc"], meta["last_aggregated"], [str(i) for i in meta["flower_run_ids"]])
+    except (OSError, RuntimeError, KeyError, ValueError, TypeError, json.JSONDecodeError) as exc:
+        raise ResumeError(f"{path}: cannot be read ({exc}); this run cannot be resumed. Start a new run "
+                          "(the sites' ledgers keep what this one spent)") from exc
+
+
+def final_status(planned: int, last_completed: int, aggregated: Sequence[int], evaluated: Sequence[int],
+                 stopped: RunStopped | None) -> tuple[str, str]:
+    """(status, reason) of a run that returned from its rounds (or stopped early)."""
+    if stopped is not None:
+        return stopped.status, stopped.reason
+    if not aggregated:
+        return FAILED, "no round aggregated a model: no site trained (see each round's failed sites)"
+    if not evaluated:
+        return FAILED, ("no round has a defined validation AUROC (no site evaluated, or none had both "
+                        "classes; strategy.fraction_evaluate must be > 0)")
+    if last_completed < planned:
+        return FAILED, f"only {last_completed} of {planned} rounds completed"
+    return COMPLETED, f"all {planned} rounds ran; {len(aggregated)} aggregated a model"
+
+
+def mark_stopped(run_dir: Path, status: str, reason: str) -> dict[str, Any]:
+    """Set summary.json's status and reason (a launcher that stopped the run); keeps what was
+    recorded. Writes a minimal summary when the run stopped before its first round ended."""
+    path = run_dir / "summary.json"
+    try:
+        summary: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        summary = {"schema": 2, "run_id": run_dir.name, "rounds": [], "participation": {}, "sites": {},
+                   "last_completed_round": 0, "last_aggregated_round": None, "final_auroc": None}
+    summary.update(status=status, reason=reason)
+    write_json(path, summary)
+    return summary
+
+
+def strategy_state_arrays(state: Mapping[str, Mapping[str, np.ndarray] | None]) -> dict[str, np.ndarray]:
+    """{'m_t': {name: array}, ...} -> {'m_t/name': array} (None entries dropped)."""
+    return {f"{part}/{name}": value for part, arrays in state.items() if arrays for name, value in arrays.items()}
+
+
+def split_strategy_state(flat: Mapping[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
+    """The inverse of strategy_state_arrays."""
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for key, value in flat.items():
+        part, _, name = key.partition("/")
+        out.setdefault(part, {})[name] = value
+    return out
