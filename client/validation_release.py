@@ -15,6 +15,7 @@ patient out: whatever its scores, that patient moves one noisy count by one.
 Cells are not clamped at zero before the metrics (clamping biases every empty cell upwards);
 the metrics are clipped to their ranges instead. A probability that is not finite (a crafted
 model can make a logit NaN) is put in a middle bin, so every patient still lands in one cell.
+The bins are defined in client/score_bins.py (numpy only), which the coordinator shares.
 """
 
 from __future__ import annotations
@@ -25,10 +26,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-BINS = 10
-LOGIT_RANGE = 6.0
-EDGES = np.linspace(-LOGIT_RANGE, LOGIT_RANGE, BINS - 1)  # interior edges, in logits
-CENTRES = np.concatenate([[-LOGIT_RANGE - 1.0], (EDGES[:-1] + EDGES[1:]) / 2, [LOGIT_RANGE + 1.0]])
+from client.score_bins import BINS, CENTRES, EDGES, LOGIT_RANGE, sigmoid
+from client.score_bins import auroc_from_cells as _auroc
+
+__all__ = ["BINS", "CENTRES", "EDGES", "LOGIT_RANGE", "BinnedMetrics", "ValidationRelease", "bin_counts",
+           "binned_metrics", "dp_release", "exact_release", "is_defined"]
 
 
 @dataclass(frozen=True)
@@ -76,11 +78,6 @@ class BinnedMetrics:
     positives: int
 
 
-def _auroc(pos: np.ndarray, neg: np.ndarray) -> float:
-    below = np.concatenate([[0.0], np.cumsum(neg)[:-1]])
-    return float((pos * (below + 0.5 * neg)).sum() / (pos.sum() * neg.sum()))
-
-
 def _auroc_std(pos: np.ndarray, neg: np.ndarray, auroc: float, noise_std: float) -> float:
     """First-order (delta method) standard deviation of the binned AUROC under N(0, noise_std^2)
     noise on every cell: the gradient of AUROC = sum_i P_i (N_<i + N_i / 2) / (n_P n_N)."""
@@ -100,7 +97,7 @@ def binned_metrics(release: ValidationRelease) -> BinnedMetrics:
     if n_pos >= 1 and n_neg >= 1:
         raw = _auroc(pos, neg)
         auroc, std = float(np.clip(raw, 0.0, 1.0)), _auroc_std(pos, neg, raw, release.noise_std)
-    probability = 1.0 / (1.0 + np.exp(-CENTRES))
+    probability = sigmoid(CENTRES)
     total = n_pos + n_neg
     loss = None
     if total >= 1:
