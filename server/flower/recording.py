@@ -144,7 +144,7 @@ class RecordingStrategy:
     def _outcomes(self, number: int, phase: str, replies: list[Message], done: Mapping[int, Outcome]) -> None:
         """Record every known site's outcome in this phase; `done` holds the answered ones by node."""
         answered = {m.metadata.src_node_id: m for m in replies}
-        for node in self.asked:
+        for node in dict.fromkeys([*self.asked, *answered]):  # asked first; an unasked reply is recorded too
             reply = answered.get(node)
             if node in done:
                 outcome = done[node]
@@ -158,7 +158,7 @@ class RecordingStrategy:
                 outcome = Outcome(FAILED, None, "malformed reply")
             site = self._site(reply) if reply is not None else self.recorder.site_name(node)
             self.recorder.participated(number, phase, site, outcome)
-        asked = set(self.asked)
+        asked = set(self.asked) | set(answered)
         answered_names = {self.recorder.site_name(n) for n in asked}
         known = {self.recorder.site_name(n) for n in self.online if n not in asked}
         known |= {name for n, name in self.recorder.names.items() if n not in asked}
