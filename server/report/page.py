@@ -38,7 +38,7 @@ table.numbers td{font-variant-numeric:tabular-nums}td.n,table.grid th{white-spac
 table.grid td{min-width:9rem}table.grid td div{padding:.1rem .3rem;margin:.1rem 0;border-radius:3px}
 .p-ok{background:#d7f0dd}.p-bad{background:#f9d3cf;font-weight:600}.p-idle{background:#eeeeee;color:#555}
 img.plot{max-width:100%;height:auto;display:block;margin:.5rem 0}
-pre{background:#f6f8fa;border:1px solid #ddd;padding:.8rem;overflow:auto;font-size:.8rem;max-height:40rem}
+pre{background:#f6f8fa;border:1px solid #ddd;padding:.8rem;overflow:auto;font-size:.8rem}
 .note{color:#555;font-size:.85rem}ul.reasons{font-size:.85rem;color:#333}
 footer{margin-top:3rem;color:#777;font-size:.8rem}
 """
@@ -75,8 +75,8 @@ def render(run: RunData) -> str:
         "<h2>Versions</h2>", table(("package", "version"), [(k, as_dict(s.get("versions")).get(k))
                                                           for k in VERSION_KEYS]),
         f"<footer>written {esc(datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M:%S UTC'))} from "
-        f"{esc(run.folder.name)}/summary.json (schema {esc(fmt(s.get('schema', 1)))}); rebuild with "
-        f"<code>fedclinic report {esc(run.folder.name)}</code></footer>",
+        f"{esc(run.folder.name)}/summary.json (schema {esc(fmt(s.get('schema', 1)))}); rebuild it with "
+        "<code>fedclinic report RUN_DIR</code> on this folder</footer>",
     ))
     return (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{esc(title)}</title>"
             f"<meta name='viewport' content='width=device-width, initial-scale=1'><style>{CSS}</style></head>"
@@ -87,7 +87,8 @@ def _status(s: dict[str, Any]) -> str:
     status = s.get("status")
     words = STATUS_WORDS.get(str(status), str(status)) if status else "Status not recorded (older summary)"
     css = f"st-{status}" if status in STATUS_WORDS else "st-unknown"
-    return f'<div class="status {css}"><strong>{esc(words)}</strong>: {esc(fmt(s.get("reason")))}</div>'
+    reason = f": {esc(s['reason'])}" if s.get("reason") else ""
+    return f'<div class="status {css}"><strong>{esc(words)}</strong>{reason}</div>'
 
 
 def _facts(run: RunData) -> str:

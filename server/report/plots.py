@@ -87,7 +87,8 @@ def epsilon_plot(rounds: Sequence[dict[str, Any]], sites: dict[str, dict[str, An
     """
     fig = Figure(figsize=(10, 4))
     ax = fig.subplots()
-    numbers = [int(r["round"]) for r in rounds if isinstance(r.get("round"), int)]
+    rounds = [r for r in rounds if isinstance(r.get("round"), int)]
+    numbers = [int(r["round"]) for r in rounds]
     colours = [f"C{i % 10}" for i in range(len(names))]
     drawn = False
     for name, colour in zip(names, colours):
@@ -106,6 +107,11 @@ def epsilon_plot(rounds: Sequence[dict[str, Any]], sites: dict[str, dict[str, An
             drawn = True
         elif points:
             ax.plot([], [], ls="none", label=f"{name} cap: not reported")
+    fallback = [(x, number(r.get("max_epsilon"))) for x, r in zip(numbers, rounds)]
+    fallback = [(x, y) for x, y in fallback if y is not None]
+    if not drawn and fallback:  # an older summary: only the largest ε of each round
+        ax.plot(*zip(*fallback), marker="o", color="grey", label="max ε over sites (no per-site ε recorded)")
+        drawn = True
     if not drawn:
         ax.text(0.5, 0.5, "no ε reported", transform=ax.transAxes, ha="center", va="center")
     _round_axis(ax, numbers)
