@@ -11,6 +11,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.markup import escape
 
+from launcher import runs_cli
+
 DEMO_PATIENTS = 2000  # per site: enough for DP-SGD at epsilon 8 to learn the synthetic task
 
 
@@ -52,6 +54,7 @@ def _parser() -> argparse.ArgumentParser:
     add_privacy_parsers(sub)
     from launcher.coordinator.cli import add_parsers as add_coordinator_parsers
     add_coordinator_parsers(sub)
+    runs_cli.add_parsers(sub)
     demo = sub.add_parser("demo", help="synthesise three hospitals and run the default experiment")
     demo.add_argument("--work", type=Path, default=Path("fedclinic-demo"), help="where the sites go")
     demo.add_argument("overrides", nargs="*", help="extra Hydra overrides")
@@ -89,6 +92,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return coordinator_command(args, console)
         if args.command == "site":
             return _site_check(args, console)
+        if args.command in runs_cli.COMMANDS:
+            return runs_cli.run(args, console)
         if args.command == "privacy":
             from launcher.privacy_cli import run as privacy_command
             return privacy_command(args, console)

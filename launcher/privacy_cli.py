@@ -34,7 +34,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     plan.add_argument("--json", action="store_true", help="print JSON instead of a table")
     report = privacy.add_parser("report", help="what a site's privacy ledger says was spent")
     report.add_argument("ledger", type=Path, help="the site's privacy-ledger.jsonl")
-    report.add_argument("--plot", type=Path, help="write an HTML page with ε over rounds against the cap")
+    report.add_argument("--plot", type=Path, help="write an HTML page charting lifetime ε over the recorded spends "
+                        "against the cap, with run boundaries and declines")
+    report.add_argument("--audit-log", type=Path, help="the site's audit.jsonl, where declines are recorded (the "
+                        "ledger holds spends only; default: audit.jsonl beside the ledger, if there)")
     report.add_argument("--json", action="store_true", help="print JSON instead of tables")
     report.add_argument("--mark-dir", type=Path, help="the site's ledger high-water mark store "
                         "(default: FEDCLINIC_LEDGER_MARK_DIR, else ~/.local/state/fedclinic/ledger-marks)")
@@ -92,7 +95,7 @@ def _plan(args: argparse.Namespace, console: Console) -> int:
 def _report(args: argparse.Namespace, console: Console) -> int:
     from privacy.guarantee import GUARANTEE
     from privacy.ledger import Ledger
-    from privacy.ledger_report import report_html, report_json, summarise
+    from privacy.ledger_report import read_declines, report_html, report_json, summarise
     if not args.ledger.is_file():
         raise ValueError(f"{args.ledger}: no such ledger (a site keeps it in its state folder)")
     datasets = summarise(Ledger(args.ledger, args.mark_dir).spends())
@@ -109,8 +112,13 @@ def _report(args: argparse.Namespace, console: Console) -> int:
                           str(s.steps), f"{s.run_epsilon:.3f}", f"{s.lifetime_epsilon:.3f}", s.recorded_at)
         console.print(table)
     if args.plot:
-        args.plot.write_text(report_html(datasets, GUARANTEE), encoding="utf-8")
-        console.print(f"plot written to {args.plot.resolve()}", soft_wrap=True, highlight=False)
+        audit = args.audit_log or args.ledger.parent / "audit.jsonl"
+        if args.audit_log and not audit.is_file():
+            raise ValueError(f"--audit-log {audit}: no such file (a site keeps audit.jsonl in its state folder)")
+        declines = read_declines(audit)
+        args.plot.write_text(report_html(datasets, GUARANTEE, declines), encoding="utf-8")
+        console.print(f"plot written to {args.plot.resolve()} ({len(declines)} declines from "
+                      f"{audit if audit.is_file() else 'no audit log'})", soft_wrap=True, highlight=False)
     if not args.json:
         console.print(f"guarantee: {GUARANTEE}", soft_wrap=True)
     return 0

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import re
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +14,7 @@ import pytest
 
 from privacy.accountant import MechanismUse, epsilon_spent
 from privacy.ledger import LEDGER_FILE, Ledger, Spend
+from storage.audit_log import append_event
 
 
 def fedclinic(*args: str) -> subprocess.CompletedProcess[str]:
@@ -52,14 +56,29 @@ def test_report_shows_spend_per_run_and_round_remaining_budget_and_a_plot(tmp_pa
             for r in rounds:
                 ledger.append(Spend("synthetic-site-a", run, r, 0.9, 0.08, 26, 1e-5, float(r), base + r, 1e-5, 10.0,
                                     "prv", f"2026-11-23T0{r}:00:00+00:00"))
+    # the site runner's audit log beside the ledger: a declined round (701) and a task that replied
+    append_event(tmp_path / "audit.jsonl", "task", {"run": "9001", "phase": "train", "outcome": "error",
+                                                    "seconds": 0.2, "round": 3, "error_code": 701})
+    append_event(tmp_path / "audit.jsonl", "task", {"run": "9001", "phase": "train", "outcome": "replied",
+                                                    "seconds": 3.0, "round": 2, "epsilon": 2.0})
     done = fedclinic("privacy", "report", str(ledger.path), "--json", "--plot", str(tmp_path / "report.html"))
     report = json.loads(done.stdout[: done.stdout.rindex("}") + 1])
     (dataset,) = report["datasets"]
     assert dataset["lifetime_epsilon"] == 5.0 and dataset["remaining"] == 5.0 and dataset["cap"] == 10.0
     assert [(r["run_id"], r["rounds"], r["run_epsilon"]) for r in dataset["runs"]] == [
         ("101", [1, 2, 3], 3.0), ("202", [1, 2], 2.0)]
+    assert "1 declines from" in done.stdout
     page = (tmp_path / "report.html").read_text()
-    assert page.count("<circle") == 5 and "lifetime cap ε = 10" in page and "sample-level" in page
+    (png,) = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
+    image = base64.b64decode(png)
+    assert image.startswith(b"\x89PNG\r\n\x1a\n") and len(image) > 10_000  # a real chart, not a stub
+    width, height = struct.unpack(">II", image[16:24])
+    assert width > 600 and height > 300
+    assert "against the cap 10" in page and "sample-level" in page
+    assert not re.search(r"(src|href)=[\"']?(https?:|//)", page)  # self-contained
+    runs = re.findall(r"<tr><td>(\d+)</td><td>([\d, ]+)</td>", page)
+    assert runs == [("101", "1, 2, 3"), ("202", "1, 2")]
+    assert "<td>9001</td><td>3</td><td>train</td><td>701</td>" in page and "lifetime privacy budget" in page
     table = fedclinic("privacy", "report", str(ledger.path))
     assert "remaining 5.000" in table.stdout and "202" in table.stdout
 
