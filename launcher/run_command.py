@@ -99,7 +99,7 @@ def supervise(final: list[str], num_sites: int, cpus: int, gpus: float, run_dir:
             child.stop(wait_s=STOP_WAIT_S)
         summary = mark_stopped(run_dir, INTERRUPTED, f"stopped by {stop} during round "
                                f"{_last_round(run_dir) + 1}")
-        _rebuild_report(run_dir)
+        rebuild_report(run_dir, summary)
         console.print(f"interrupted after round {summary.get('last_completed_round', 0)}; continue with "
                       f"`fedclinic run resume={run_dir}`", soft_wrap=True, highlight=False, markup=False)
         return EXIT_CODES[INTERRUPTED]
@@ -116,11 +116,12 @@ def _last_round(run_dir: Path) -> int:
         return 0
 
 
-def _rebuild_report(run_dir: Path) -> None:
-    from server.report import write_events, write_report
+def rebuild_report(run_dir: Path, summary: dict) -> None:
+    from server.report.events import write_events
+    from server.report.page import write_report
     try:
         write_report(run_dir)
-        write_events(run_dir)
+        write_events(run_dir, summary)
     except (OSError, ValueError, KeyError) as exc:  # the run's state is in summary.json either way
         print(f"report.html not rebuilt: {exc}", file=sys.stderr)
 

@@ -139,13 +139,13 @@ def main(grid: Grid, context: Context) -> None:
     aggregated = [r.round for r in recorder.rounds.values() if r.aggregated]
     evaluated = [r.round for r in recorder.rounds.values() if r.evaluation and r.evaluation.auroc is not None]
     status, reason = final_status(cfg.rounds, book.last_completed, aggregated, evaluated, stopped)
-    book.write(status, reason)
-    _write_report(run_dir)
+    _write_report(run_dir, book.write(status, reason))
     recorder.console.print(recorder.table())
 
 
-def _write_report(run_dir: Path) -> None:
+def _write_report(run_dir: Path, summary: dict[str, object]) -> None:
     """report.html and TensorBoard events from the summary (server/report/)."""
-    from server.report import write_events, write_report
+    from server.report.events import write_events
+    from server.report.page import write_report
     write_report(run_dir)
-    write_events(run_dir)
+    write_events(run_dir, summary)
