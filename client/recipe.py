@@ -99,6 +99,8 @@ def check_recipe(cfg: ExperimentConfig, limits: SiteLimits, *, num_labs: int) ->
            "above this site's limit")
     _limit(d.note_max_tokens <= limits.max_note_tokens, "data.note_max_tokens",
            "above this site's limit")
+    _limit(cfg.strategy.proximal_mu <= limits.max_proximal_mu, "strategy.proximal_mu",
+           "above this site's limit")
     threads = limits.max_threads or os.cpu_count() or 1
     _limit(t.num_threads <= threads, "train.num_threads", "above this site's limit")
     params = count_parameters(cfg.model, num_labs=num_labs, note_buckets=d.note_buckets)

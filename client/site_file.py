@@ -217,6 +217,9 @@ def _limit_problems(cfg: SiteFileConfig) -> list[str]:
     problems = []
     for f in dataclasses.fields(cfg.limits):
         value = getattr(cfg.limits, f.name)
-        if value is not None and value < 1:
+        if f.name == "max_proximal_mu":  # a float; 0 refuses any proximal term
+            if not (math.isfinite(value) and value >= 0):
+                problems.append(f"limits.max_proximal_mu must be a finite number >= 0 (got {value})")
+        elif value is not None and value < 1:
             problems.append(f"limits.{f.name} must be >= 1 (got {value})")
     return problems

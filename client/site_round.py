@@ -201,7 +201,8 @@ def train_round(job: SiteJob, run_id: str, server_round: int) -> tuple[dict[str,
     sigma = use.noise_multiplier
     settings = DPSettings(sigma, job.terms.max_grad_norm, job.terms.accountant, cfg.privacy.grad_sample_mode)
     started = time.perf_counter()
-    outcome = train_dp(job.model, data, cfg=cfg.train, dp=settings, prior=[], device=job.device)
+    outcome = train_dp(job.model, data, cfg=cfg.train, dp=settings, prior=[], device=job.device,
+                       proximal_mu=cfg.strategy.proximal_mu)  # FedProx; 0 for the other strategies
     compute = time.perf_counter() - started
     if outcome.steps != use.steps:  # the recorded spend covers exactly the planned steps
         raise RuntimeError(f"took {outcome.steps} DP steps, {use.steps} were recorded; nothing is released")

@@ -73,8 +73,12 @@ def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
 
 
 def train_dp(model: nn.Module, data: TensorDataset, *, cfg: TrainConfig, dp: DPSettings,
-             prior: Sequence[MechanismUse], device: torch.device) -> TrainOutcome:
+             prior: Sequence[MechanismUse], device: torch.device, proximal_mu: float = 0.0) -> TrainOutcome:
     """cfg.local_epochs of DP-SGD (Poisson sampling); the accountant resumes from `prior`.
+
+    proximal_mu > 0 (FedProx): each step's DP gradient gets proximal_mu * (w - w_global), w_global
+    being `model`'s weights as given (the global model received this round), copied on `device`;
+    added after clipping and noise, so it changes neither the sensitivity nor the accounting.
 
     Opacus (privacy.dpsgd.engine) is imported here, on the first training message, not when the
     ClientApp starts: evaluation never needs it (several seconds of imports)."""
@@ -82,7 +86,8 @@ def train_dp(model: nn.Module, data: TensorDataset, *, cfg: TrainConfig, dp: DPS
     model.to(device).train()
     loader = DataLoader(data, batch_size=cfg.batch_size)
     private = make_private(model, _optimizer(model, cfg), loader, settings=dp, prior=prior,
-                           criterion=nn.BCEWithLogitsLoss())  # = batch_loss, per-sample decomposable
+                           criterion=nn.BCEWithLogitsLoss(),  # = batch_loss, per-sample decomposable
+                           proximal_mu=proximal_mu)
     losses: list[float] = []
     steps = 0
     try:

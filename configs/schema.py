@@ -197,6 +197,7 @@ class SiteLimits:
     max_note_buckets: int = 1 << 20
     max_note_tokens: int = 4096
     max_model_parameters: int = 20_000_000
+    max_proximal_mu: float = 100.0       # FedProx's strategy.proximal_mu (0: no proximal term accepted)
     max_threads: int | None = None       # null: the machine's CPU count
     max_data_memory_mb: int = 4096       # the site's arrays (images: patients x size^2 x 4 bytes, twice)
     max_batch_memory_mb: int = 4096      # activations of one expected Poisson batch

@@ -15,6 +15,9 @@ Four per-sample clipping modes (`DPSettings.grad_sample_mode`), all exact:
   It needs a tensor first argument for the batch size, so the model is wrapped in `_BatchSized`.
 All use `PrivateTraining.step`, the same code for every mode.
 
+FedProx (`proximal_mu` > 0): privacy/dpsgd/proximal.py adds mu (w - w_global) to the DP gradient
+after clipping, noise and averaging, just before the wrapped optimizer's step, in every mode.
+
 In every mode a sample whose per-sample loss or gradient (norm) is not finite contributes exactly
 zero to the clipped sum (privacy/finite_clipping.py: crafted weights could otherwise make the
 released update NaN iff one patient was sampled). bk: BookkeepingClipper; hooks, ew:
@@ -25,6 +28,7 @@ therefore built here as Opacus' PrivacyEngine.make_private builds them, with tho
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -43,6 +47,7 @@ from privacy.dpsgd.bookkeeping import BookkeepingClipper
 from privacy.dpsgd.clipped_sum_optimizer import ClippedSumOptimizer
 from privacy.dpsgd.finite_clipping import FiniteDPOptimizer, per_sample_losses, zero_nonfinite_losses
 from privacy.dpsgd.finite_ghost import FiniteGhostCriterion
+from privacy.dpsgd.proximal import ProximalTerm
 
 from privacy.dpsgd.settings import BK, EW, GHOST, HOOKS, SUPPORTED_MODES, DPSettings, os_seeded_generator
 
@@ -98,6 +103,7 @@ class PrivateTraining:
     clipper: BookkeepingClipper | None = None
     compute_dtype: torch.dtype | None = None  # ghost: the model trains in float64 (see _make_opacus)
     restore_dtype: torch.dtype | None = None  # ... and is converted back on close()
+    proximal: ProximalTerm | None = None  # FedProx's term on the DP gradient (None: mu = 0)
 
     def loss(self, inputs: Any, target: torch.Tensor) -> Any:
         """The criterion's batch mean on the wrapped model (inputs: B samples, target [B]), with
@@ -156,6 +162,8 @@ class PrivateTraining:
         """Detach Opacus' (or the book-keeping clipper's) hooks and buffers from the model."""
         if self.clipper is not None:
             self.clipper.close()
+        if self.proximal is not None:
+            self.proximal.remove()
         close = getattr(self.model, "_close", None)
         if callable(close):
             close()
@@ -173,8 +181,13 @@ def _floats_to(batch: Any, dtype: torch.dtype) -> Any:
 
 def make_private(model: nn.Module, optimizer: Optimizer, loader: DataLoader, *,
                  settings: DPSettings, prior: Sequence[MechanismUse],
-                 criterion: nn.Module | None = None) -> PrivateTraining:
+                 criterion: nn.Module | None = None, proximal_mu: float = 0.0) -> PrivateTraining:
     """Wrap for DP-SGD with Poisson sampling; the accountant resumes from `prior`.
+
+    `proximal_mu` > 0 (FedProx): every step adds proximal_mu * (w - w_global) to the DP gradient
+    (after clipping, noise and averaging; privacy/dpsgd/proximal.py), w_global being the
+    parameters as they are now (the weights received this round), on their device and in the
+    training dtype. 0: no term, nothing attached. Raises ValueError for a negative or non-finite mu.
 
     `criterion` (default BCEWithLogitsLoss) must be a loss module that decomposes per sample and
     has reduction="mean" (it is called with reduction "none" to mask non-finite per-sample
@@ -183,6 +196,8 @@ def make_private(model: nn.Module, optimizer: Optimizer, loader: DataLoader, *,
     mode = settings.grad_sample_mode
     if mode not in SUPPORTED_MODES:
         raise ValueError(f"grad_sample_mode must be one of {SUPPORTED_MODES} (got {mode!r})")
+    if not (math.isfinite(proximal_mu) and proximal_mu >= 0):
+        raise ValueError(f"proximal_mu must be finite and >= 0 (got {proximal_mu})")
     criterion = nn.BCEWithLogitsLoss() if criterion is None else criterion
     if getattr(criterion, "reduction", None) != "mean":
         raise ValueError(f"criterion.reduction must be 'mean' (got {getattr(criterion, 'reduction', None)!r})")
@@ -197,8 +212,12 @@ def make_private(model: nn.Module, optimizer: Optimizer, loader: DataLoader, *,
         "secure_mode (a CSPRNG) needs torchcsprng, which has no release for torch 2.x")
     engine.accountant.history = [(h.noise_multiplier, h.sample_rate, h.steps) for h in prior]
     if mode == BK:
-        return _make_bookkept(model, optimizer, loader, settings, engine, criterion)
-    return _make_opacus(model, optimizer, loader, settings, engine, criterion)
+        private = _make_bookkept(model, optimizer, loader, settings, engine, criterion)
+    else:
+        private = _make_opacus(model, optimizer, loader, settings, engine, criterion)
+    if proximal_mu > 0:  # after _make_opacus: "ghost" has moved the weights to float64
+        private.proximal = ProximalTerm(private.optimizer.original_optimizer, proximal_mu)
+    return private
 
 
 def _poisson_loader(loader: DataLoader) -> DPDataLoader:
