@@ -85,7 +85,7 @@ def test_two_sites_two_rounds_write_a_complete_run_folder(tmp_path: Path) -> Non
         ledger = sites / ".fedclinic-state" / name / "privacy-ledger.jsonl"
         spends = [json.loads(line) for line in ledger.read_text().splitlines()]
         assert [s["kind"] for s in spends] == ["train", "evaluate"] * 2  # every release recorded, metrics included
-        assert {s["run_id"] for s in spends} == {summary["flower_run_id"]}  # the summary names the ledgers' run
+        assert {s["run_id"] for s in spends} == {summary["run_id"]}  # the summary names the ledgers' run
         # a first run on this dataset: its lifetime ε is the run's, after the last evaluation too
         assert site["lifetime_epsilon"] == pytest.approx(site["epsilon"]) == pytest.approx(spends[-1]["run_epsilon"])
     assert summary["rounds"][-1]["max_epsilon"] == max(s["epsilon"] for s in summary["sites"].values())
@@ -96,27 +96,6 @@ def test_two_sites_two_rounds_write_a_complete_run_folder(tmp_path: Path) -> Non
     model.load_state_dict(state)  # strict: every key and shape of the real model
     assert rnd == 2 and any(not torch.equal(initial[k], state[k]) for k in initial)
     assert "train:" in (run_dir / "config.yaml").read_text() and "rounds: 2" in (run_dir / "config.yaml").read_text()
-
-
-@pytest.mark.slow
-def test_a_broken_site_fails_its_rounds_while_the_others_finish(tmp_path: Path) -> None:
-    sites = tmp_path / "sites"
-    assert fedclinic("synth", "--sites", "3", "--patients", "120", "--image-size", "32",
-                     "--out", str(sites), cwd=tmp_path).returncode == 0
-    (sites / "site-b" / "labels.csv").unlink()
-    for name in ("site-a", "site-c"):  # exact metrics (these synthetic sites trust the coordinator)
-        policy = sites / name / "site.yaml"
-        policy.write_text(policy.read_text().replace("  seed: 0\n", "  seed: 0\n  release: exact\n"))
-    done = fedclinic("run", f"data.root={sites}", "rounds=2", "train.batch_size=32",
-                     f"output.root={tmp_path / 'runs'}", cwd=tmp_path)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    (run_dir,) = (tmp_path / "runs").iterdir()
-    summary = json.loads((run_dir / "summary.json").read_text())
-    assert set(summary["sites"]) == {"site-a", "site-c"}
-    assert [r["site_failures"] for r in summary["rounds"]] == [2, 2]  # train + evaluate, each round
-    for r in summary["rounds"]:  # the broken site, named, with its error code in each phase
-        assert list(r["failed_sites"].values()) == [["training: error 601", "evaluation: error 601"]], r
-    assert summary["final_auroc"] is not None
 
 
 def test_run_without_a_data_root_says_what_to_do(tmp_path: Path) -> None:

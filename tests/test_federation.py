@@ -109,7 +109,7 @@ def test_three_hospitals_train_end_to_end_and_each_ledger_holds_what_the_summary
     assert [r["sites_trained"] for r in summary["rounds"]] == [3, 3]
     assert set(summary["sites"]) == set(SITES)
     for name in SITES:
-        spends = [s for s in federation.spends(name) if s.run_id == str(summary["flower_run_id"])]
+        spends = [s for s in federation.spends(name) if s.run_id == summary["run_id"]]
         assert {s.kind for s in spends} == {"train", "evaluate"}, f"{name}: {spends}"
         assert spends[-1].run_epsilon == pytest.approx(summary["sites"][name]["epsilon"], abs=1e-3)
         joined = [e for e in read_events(federation.state(name) / "audit.jsonl").events if e["event"] == "run-joined"]
