@@ -138,3 +138,19 @@ def test_every_reply_names_the_sites_run_epsilon_cap(site: Path, tmp_path: Path)
     evaluated = metrics(send("evaluate", site, state, RUN, config={"run-id": RUN_ID}))
     assert trained["epsilon-cap"] == evaluated["epsilon-cap"] == POLICY_CAP
     assert trained["epsilon"] <= POLICY_CAP
+
+
+def test_the_site_audit_log_shows_a_replay_as_such(tmp_path: Path) -> None:
+    from client.node.flower_runner import record
+    from client.node.flower_task import TaskOutcome
+    from client.node.settings import NodeSettings
+    from storage.audit_log import read_events
+
+    settings = NodeSettings(tmp_path / "node.toml", "site-a", tmp_path / "data", tmp_path / "state", None,
+                            "127.0.0.1:9092", tmp_path / "ca.crt", tmp_path / "key", 9094, tmp_path / "apps")
+    for replayed in (False, True):
+        record(settings, TaskOutcome(8123, "ab" * 32, True, "train", 1, None, 1.5, 2.0, 1.9, replayed, RUN_ID),
+               set())
+    tasks = [e for e in read_events(settings.audit_log).events if e["event"] == "task"]
+    assert [(e["outcome"], e["run_key"], e["run"]) for e in tasks] == [("replied", RUN_ID, "8123"),
+                                                                      ("replayed", RUN_ID, "8123")]
