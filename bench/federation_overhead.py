@@ -138,7 +138,7 @@ def serialized_reply() -> tuple[int, int, int]:
     model = build_model(cfg.model, num_labs=len(cfg.data.labs), note_buckets=cfg.data.note_buckets, seed=0)
     fp32 = sum(p.numel() * 4 for p in model.state_dict().values())
     metrics = {k: 1.0 for k in ("num-examples", "epsilon", "delta", "lifetime-epsilon", "noise-multiplier",
-                                "steps", "compute-s")}
+                                "steps", "compute-s", "epsilon-cap")}
     content = RecordDict({"arrays": initial_record(cfg)[0], "metrics": MetricRecord(metrics),
                           "site": ConfigRecord({"name": "site-a"})})
     size, objects = wire_size(content)

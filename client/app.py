@@ -7,6 +7,11 @@ The one exception is a configuration the site refuses (602): its reason names th
 rule (a site-owned setting, or a limit), which is built from the coordinator's own request and
 the site's limits only, so the central team can fix the request.
 
+The run is keyed in the site's ledger by the `run-id` the message's config carries
+(fedclinic's run folder name; client/run_key.py), else by Flower's run id. A request the site
+already answered is answered again from its stored release (client/release_replay.py); the app
+remembers the last message it answered that way (`replayed`), for the task runner's audit log.
+
 Codes: 601 site data unusable, 602 configuration refused, 603 internal error, 605 global weights
 refused (not the model's names/shapes/dtypes, or not finite), 701-705 declines (privacy.decline).
 """
@@ -21,7 +26,9 @@ from flwr.clientapp import ClientApp
 
 from client.site_data.site_cache import SiteCache
 from client.site_data.loader import SiteDataError
-from client.site_round import SiteJob, evaluate_round, prepare, train_round
+from client.release_replay import Release
+from client.run_key import RUN_ID_FIELD, run_key
+from client.site_round import SiteJob, evaluate_release, prepare, train_release
 from configs.parse import ConfigError
 from model.exchange import FLAT_KEY, Layout, WeightsRefused, to_exchange
 from privacy.decline import REASONS, RoundDeclined
@@ -41,6 +48,16 @@ class SiteClientApp(ClientApp):
     def __init__(self) -> None:
         super().__init__()
         self.cache = SiteCache()
+        self._replayed: Message | None = None
+
+    def replayed(self, message: Message) -> bool:
+        """Whether this app's reply to `message` (the last one it answered) was a stored release
+        sent again, without a new spend (client/release_replay.py)."""
+        return self._replayed is message
+
+    def note(self, message: Message, release: Release | None) -> None:
+        """Remember whether `message` was answered by a replay (None: not answered with a release)."""
+        self._replayed = message if release is not None and release.replayed else None
 
     def __reduce__(self) -> tuple[Callable[[], SiteClientApp], tuple[()]]:
         return _installed_app, ()
@@ -69,6 +86,12 @@ def _server_round(msg: Message) -> int:
     return int(value) if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
+def _run_key(msg: Message, context: Context) -> str:
+    """The ledger's key of this run: the config's `run-id`, else Flower's run id (ConfigError: 602)."""
+    config = msg.content.config_records.get("config")
+    return run_key(config.get(RUN_ID_FIELD) if config is not None else None, context.run_id)
+
+
 def _reply(msg: Message, site: str, metrics: dict[str, float], arrays: ArrayRecord | None = None) -> Message:
     content = RecordDict({"metrics": MetricRecord(metrics), "site": ConfigRecord({"name": site})})
     if arrays is not None:
@@ -78,6 +101,7 @@ def _reply(msg: Message, site: str, metrics: dict[str, float], arrays: ArrayReco
 
 def _guarded(handler: Callable[[Message, Context], Message]) -> Callable[[Message, Context], Message]:
     def run(msg: Message, context: Context) -> Message:
+        app.note(msg, None)
         try:
             return handler(msg, context)
         except RoundDeclined as declined:
@@ -107,19 +131,23 @@ def train(msg: Message, context: Context) -> Message:
 
     ε reported covers every round of this run so far; the site's ledger records it before release.
     """
+    run = _run_key(msg, context)
     job = _job(msg, context)
-    server_round = _server_round(msg)
-    weights, metrics = train_round(job, str(context.run_id), server_round)
+    release = train_release(job, run, _server_round(msg))
+    weights = release.arrays
     if FLAT_KEY in msg.content.array_records["arrays"]:  # reply in the form the coordinator sent
         weights = to_exchange(weights, Layout.of(job.model.state_dict()))  # one flat float32 array
     arrays = ArrayRecord({k: Array(v) for k, v in weights.items()})
-    return _reply(msg, job.site.name, metrics, arrays)
+    app.note(msg, release)
+    return _reply(msg, job.site.name, release.metrics, arrays)
 
 
 @app.evaluate()
 @_guarded
 def evaluate(msg: Message, context: Context) -> Message:
     """Validation of the global weights on this site's held-out patients (a DP release by default)."""
+    run = _run_key(msg, context)
     job = _job(msg, context)
-    server_round = _server_round(msg)
-    return _reply(msg, job.site.name, evaluate_round(job, str(context.run_id), server_round))
+    release = evaluate_release(job, run, _server_round(msg))
+    app.note(msg, release)
+    return _reply(msg, job.site.name, release.metrics)

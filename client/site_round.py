@@ -5,6 +5,12 @@ history and the dataset's lifetime history are all read from it. Every release (
 a DP release of validation metrics) is admitted against the ledger and recorded in it, under its
 lock, BEFORE the computation whose result leaves the site; the noise is planned outside the lock.
 
+A request the site already answered (same run key, round, phase, overrides and weights:
+client/release_replay.py) is answered with the stored release, without training and without a
+new spend. The order is: ledger record -> compute -> store the release -> reply. A crash between
+the record and the store makes the resumed round spend again: the ledger never forgets budget,
+at worst it counts a round twice.
+
 client/app.py converts Flower records to and from these types; nothing here imports flwr.
 """
 
@@ -12,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -21,6 +27,7 @@ import torch
 
 from client.site_data.labels import read_labels
 from client.recipe import check_data_limits, site_experiment
+from client.release_replay import Release, ReleaseStore, fingerprint, request_digest
 from client.site import SiteSettings, site_settings
 from client.site_data.site_cache import SiteCache, SiteKey
 from client.site_data.fingerprint import folder_fingerprint
@@ -44,6 +51,7 @@ from privacy.policy import Account, Projection, Terms, account, admit, project, 
 
 log = logging.getLogger("fedclinic.site")
 COMPUTE_KEY = "compute-s"  # seconds of the site's own work on a message (training, or scoring), to 0.1 s
+EPSILON_CAP_KEY = "epsilon-cap"  # the run ε ceiling the site applies (a policy value, docs/threat-model.md)
 
 
 def coarse_seconds(seconds: float) -> float:
@@ -63,6 +71,7 @@ class SiteJob:
     model: FusionModel
     device: torch.device
     accounting: AccountingCache | None = None  # the process's (client/site_data/site_cache.py), if any
+    request: str = ""           # release_replay.request_digest of the message ("": never replayed)
 
     @property
     def terms(self) -> Terms:
@@ -109,7 +118,7 @@ def prepare(overrides: str, node_config: Mapping[str, object], exchanged: Mappin
     model = _model(cfg)
     load_numpy_state(model, weights)
     return SiteJob(cfg, site, site_file, arrays, model, pick_device(cfg.train.device),
-                   cache.accounting if cache is not None else None)
+                   cache.accounting if cache is not None else None, request_digest(overrides, exchanged))
 
 
 def _model(cfg: ExperimentConfig, device: str | None = None) -> FusionModel:
@@ -184,10 +193,39 @@ def _admit_and_record(job: SiteJob, ledger: Ledger, run_id: str, server_round: i
 
 
 def train_round(job: SiteJob, run_id: str, server_round: int) -> tuple[dict[str, np.ndarray], dict[str, float]]:
-    """One local DP round, admitted by the site policy and recorded in the ledger before it runs.
+    """train_release()'s named weights and metrics."""
+    release = train_release(job, run_id, server_round)
+    return release.arrays, release.metrics  # type: ignore[return-value]
 
-    Raises RoundDeclined when the round would overspend (the ledger is then unchanged).
+
+def train_release(job: SiteJob, run_id: str, server_round: int) -> Release:
+    """One local DP round, admitted by the site policy and recorded in the ledger before it runs,
+    stored before it is returned; or, for a request answered before, that stored release again.
+
+    Raises RoundDeclined when the round would overspend (the ledger is then unchanged), OSError
+    if the release cannot be stored (nothing is released).
     """
+    return _replayed_or(job, run_id, server_round, TRAIN, lambda: _train(job, run_id, server_round))
+
+
+def _replayed_or(job: SiteJob, run_id: str, server_round: int, phase: str,
+                 release: Callable[[], Release]) -> Release:
+    """The stored release for this exact request, else `release()` stored (job.request "": no store)."""
+    if not job.request:
+        return release()
+    store = ReleaseStore(job.site.state_dir, run_id)
+    request = fingerprint(phase, server_round, run_id, job.request)
+    stored = store.find(phase, request)
+    if stored is not None:
+        log.info("round %s: %s request answered before in this run; its release is sent again (no spend)",
+                 server_round, phase)
+        return stored
+    fresh = release()
+    store.keep(phase, request, server_round, fresh)
+    return fresh
+
+
+def _train(job: SiteJob, run_id: str, server_round: int) -> Release:
     cfg, data = job.cfg, split_dataset(job.arrays, validation=False)
     if len(data) == 0:
         raise SiteDataError("no patient falls in the training split; add patients or lower "
@@ -210,8 +248,9 @@ def train_round(job: SiteJob, run_id: str, server_round: int) -> tuple[dict[str,
     log.info("round %s: mean training loss %.4f over %s steps", server_round, outcome.loss, outcome.steps)
     metrics = {"num-examples": schedule.batches * cfg.train.batch_size, "epsilon": admitted.run_epsilon,
                "delta": job.terms.delta, "lifetime-epsilon": admitted.lifetime_epsilon,
-               "noise-multiplier": sigma, "steps": outcome.steps, COMPUTE_KEY: coarse_seconds(compute)}
-    return state_to_numpy(job.model), metrics
+               "noise-multiplier": sigma, "steps": outcome.steps, COMPUTE_KEY: coarse_seconds(compute),
+               EPSILON_CAP_KEY: job.terms.run_epsilon}
+    return Release(state_to_numpy(job.model), metrics)
 
 
 def _evaluation_batch(job: SiteJob) -> int:
@@ -222,9 +261,22 @@ def _evaluation_batch(job: SiteJob) -> int:
 
 
 def evaluate_round(job: SiteJob, run_id: str, server_round: int) -> dict[str, float | list[float]]:
+    """evaluate_release()'s metrics."""
+    return evaluate_release(job, run_id, server_round).metrics  # type: ignore[return-value]
+
+
+def evaluate_release(job: SiteJob, run_id: str, server_round: int) -> Release:
     """Validation of the global weights on the site's held-out patients, released as a histogram
-    of scores per outcome class: with DP (noised, admitted and recorded first) unless the site's
-    policy trusts the coordinator with exact metrics (validation.release: exact)."""
+    of scores per outcome class: with DP (noised, admitted and recorded first, then stored, and
+    sent again for the same request without a new spend) unless the site's policy trusts the
+    coordinator with exact metrics (validation.release: exact; nothing spent, nothing stored).
+    Metrics only (no arrays). Raises RoundDeclined (704, 705, budget), OSError (not stored)."""
+    if job.site_file.validation.release != "dp":
+        return _evaluate(job, run_id, server_round)
+    return _replayed_or(job, run_id, server_round, EVALUATE, lambda: _evaluate(job, run_id, server_round))
+
+
+def _evaluate(job: SiteJob, run_id: str, server_round: int) -> Release:
     v = job.site_file.validation
     data = split_dataset(job.arrays, validation=True)
     if len(data) < v.min_patients:
@@ -250,9 +302,11 @@ def evaluate_round(job: SiteJob, run_id: str, server_round: int) -> dict[str, fl
         release = exact_release(outcome.labels, outcome.probabilities)
         auroc, loss, patients, auroc_std = outcome.auroc, outcome.loss, outcome.num_examples, 0.0
     compute = time.perf_counter() - started
-    return {"eval-loss": float(loss) if loss is not None and np.isfinite(loss) else 0.0, "auroc": auroc if auroc is not None else 0.0,
-            "auroc-defined": int(auroc is not None), "num-examples": patients,
-            "metrics-dp": int(v.release == "dp"), "noise-std": release.noise_std, "auroc-std": auroc_std,
-            "histogram-positive": list(release.positives), "histogram-negative": list(release.negatives),
-            "epsilon": admitted.run_epsilon, "lifetime-epsilon": admitted.lifetime_epsilon,
-            COMPUTE_KEY: coarse_seconds(compute)}
+    metrics = {"eval-loss": float(loss) if loss is not None and np.isfinite(loss) else 0.0,
+               "auroc": auroc if auroc is not None else 0.0, "auroc-defined": int(auroc is not None),
+               "num-examples": patients, "metrics-dp": int(v.release == "dp"), "noise-std": release.noise_std,
+               "auroc-std": auroc_std, "histogram-positive": list(release.positives),
+               "histogram-negative": list(release.negatives), "epsilon": admitted.run_epsilon,
+               "lifetime-epsilon": admitted.lifetime_epsilon, COMPUTE_KEY: coarse_seconds(compute),
+               EPSILON_CAP_KEY: job.terms.run_epsilon}
+    return Release({}, metrics)

@@ -32,15 +32,16 @@ def exchanged(weights: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 def send(kind: str, site: Path, state: Path, overrides: str = SMALL_RUN, *, weights: Mapping[str, np.ndarray] | None = None,
          server_round: int = 1, run_id: int = 1, node: Mapping[str, str] | None = None,
-         arrays: Mapping[str, np.ndarray] | None = None) -> Message:
+         arrays: Mapping[str, np.ndarray] | None = None, config: Mapping[str, object] | None = None) -> Message:
     """One `kind` ("train" | "evaluate") message to the site's ClientApp; returns its reply.
 
     `weights`: named weights, sent flat (default: the initial model); `arrays`: the message's
-    arrays exactly as given (a coordinator's crafted record)."""
+    arrays exactly as given (a coordinator's crafted record); `config`: more message config
+    entries besides `server-round` (e.g. the coordinator's `run-id`)."""
     if arrays is None:
         arrays = exchanged(weights if weights is not None else initial_weights(overrides))
     content = RecordDict({"arrays": ArrayRecord({k: Array(np.asarray(v)) for k, v in arrays.items()}),
-                          "config": ConfigRecord({"server-round": server_round})})
+                          "config": ConfigRecord({"server-round": server_round, **(config or {})})})
     node_config = {"data-path": str(site), "state-dir": str(state), **(node or {})}
     ctx = Context(run_id=run_id, node_id=5, node_config=node_config, state=RecordDict(),
                   run_config={"overrides": overrides})

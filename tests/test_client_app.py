@@ -44,7 +44,7 @@ def test_train_replies_with_weights_metrics_and_keeps_dp_state(small_sites: Path
     metrics = first.content.metric_records["metrics"]
     # no training loss: it would be a non-DP statistic of the training data
     assert set(metrics) == {"num-examples", "epsilon", "delta", "lifetime-epsilon", "noise-multiplier", "steps",
-                            "compute-s"}
+                            "compute-s", "epsilon-cap"}
     assert metrics["compute-s"] >= 0 and round(metrics["compute-s"], 1) == metrics["compute-s"]  # 0.1 s
     assert first.content.config_records["site"]["name"] == "site-b"
     sent, back = request("train").content.array_records["arrays"], first.content.array_records["arrays"]
@@ -56,7 +56,7 @@ def test_train_replies_with_weights_metrics_and_keeps_dp_state(small_sites: Path
     ev = app(request("evaluate"), ctx)
     assert set(ev.content.metric_records["metrics"]) == {
         "eval-loss", "auroc", "auroc-defined", "auroc-std", "num-examples", "metrics-dp", "noise-std", "histogram-positive",
-        "histogram-negative", "epsilon", "lifetime-epsilon", "compute-s"}  # the same keys from every site (Flower needs that)
+        "histogram-negative", "epsilon", "lifetime-epsilon", "compute-s", "epsilon-cap"}  # the same keys from every site (Flower needs that)
     assert not ev.content.array_records
 
 

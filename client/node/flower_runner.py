@@ -8,7 +8,9 @@ allow-list, and the site's installed `client.app.app` (imported once, here) answ
 runs in this process. Bundle code is never installed or imported.
 
 Audit events (`<state>/audit.jsonl`): runner-started, run-joined, task, app-refused. They hold
-run ids, hashes, rounds, phases, codes and ε only: no data paths and no exception text.
+run ids (Flower's `run`; a task's `run_key`, fedclinic's run id, when the coordinator sent one),
+hashes, rounds, phases, outcomes (replied, replayed: a stored release sent again without a spend,
+error), codes and ε only: no data paths and no exception text.
 
 Run by `fedclinic site start` as `python -P -m client.node.flower_runner NODE_TOML
 --secret-file FILE` (the SuperNode's --superexec-auth-secret-file: only this runner may acquire
@@ -63,6 +65,13 @@ def _joined_runs(settings: NodeSettings) -> set[int]:
     return {int(str(e["run"])) for e in events if e.get("event") == "run-joined" and str(e.get("run")).isdigit()}
 
 
+def _outcome(outcome: TaskOutcome) -> str:
+    """A task's audit outcome: replied, replayed (a stored release sent again, no spend) or error."""
+    if outcome.error_code is not None:
+        return "error"
+    return "replayed" if outcome.replayed else "replied"
+
+
 def record(settings: NodeSettings, outcome: TaskOutcome, joined: set[int]) -> None:
     """Write the task's audit events and its line in the runner log."""
     run = str(outcome.run_id)
@@ -77,15 +86,15 @@ def record(settings: NodeSettings, outcome: TaskOutcome, joined: set[int]) -> No
     if outcome.run_id not in joined:
         append_event(settings.audit_log, "run-joined", {"run": run, "app_sha256": outcome.app_sha256})
         joined.add(outcome.run_id)
-    fields: dict[str, object] = {"run": run, "phase": outcome.message_type,
-                                 "outcome": "replied" if outcome.error_code is None else "error",
+    fields: dict[str, object] = {"run": run, "phase": outcome.message_type, "outcome": _outcome(outcome),
                                  "seconds": round(outcome.seconds, 3)}
     fields |= {"round": outcome.server_round} if outcome.server_round is not None else {}
+    fields |= {"run_key": outcome.run_key} if outcome.run_key is not None else {}
     fields |= {"error_code": outcome.error_code} if outcome.error_code is not None else {}
     fields |= {"epsilon": outcome.epsilon} if outcome.epsilon is not None else {}
     append_event(settings.audit_log, "task", fields)
     log.info("task done: run %s %s round %s: %s in %.2f s (ClientApp %.2f s, runner overhead %.3f s)", run,
-             outcome.message_type, outcome.server_round, "replied" if outcome.error_code is None
+             outcome.message_type, outcome.server_round, _outcome(outcome) if outcome.error_code is None
              else f"error {outcome.error_code}", outcome.seconds, outcome.app_seconds,
              outcome.seconds - outcome.app_seconds)
 

@@ -32,6 +32,8 @@ from flwr.supercore.runtime import RuntimeHttpClient
 from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
 
 from client.node.approved_apps import AllowListError, read_allow_list
+from client.run_key import RUN_ID_FIELD, run_key
+from configs.parse import ConfigError
 
 ERROR_NOT_APPROVED = 606
 NOT_APPROVED = "app bundle not approved by the site"
@@ -48,8 +50,9 @@ log = logging.getLogger("fedclinic.site.runner")
 class TaskOutcome:
     """What the site did with one task (for the audit log and the runner log; no patient data).
 
-    `error_code` is None when the ClientApp replied with content; `seconds` is the whole task,
-    `app_seconds` the ClientApp call alone (0 when it was not called).
+    `error_code` is None when the ClientApp replied with content; `replayed` True when that
+    content was a stored release sent again without a new spend (client/release_replay.py);
+    `seconds` is the whole task, `app_seconds` the ClientApp call alone (0 when it was not called).
     """
 
     run_id: int
@@ -61,6 +64,8 @@ class TaskOutcome:
     epsilon: float | None
     seconds: float
     app_seconds: float
+    replayed: bool = False
+    run_key: str | None = None  # the run-id the coordinator sent (fedclinic's run), if valid
 
 
 def runtime_client(address: str, interceptors: list[object], retry: bool) -> RuntimeHttpClient:
@@ -98,6 +103,16 @@ def _server_round(message: Message) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
+def _run_key(message: Message) -> str | None:
+    """The message config's `run-id` when it is a valid run key (client/run_key.py), else None."""
+    config = message.content.config_records.get("config")
+    sent = config.get(RUN_ID_FIELD) if config is not None else None
+    try:
+        return run_key(sent, 0) if isinstance(sent, str) else None
+    except ConfigError:
+        return None
+
+
 def _epsilon(reply: Message) -> float | None:
     if reply.has_error():
         return None
@@ -106,6 +121,12 @@ def _epsilon(reply: Message) -> float | None:
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
         return None
     return float(value)
+
+
+def _replayed(app: ClientApp, message: Message, reply: Message) -> bool:
+    """Whether the site's ClientApp answered `message` with a stored release (client.app.SiteClientApp)."""
+    replayed = getattr(app, "replayed", None)
+    return not reply.has_error() and callable(replayed) and bool(replayed(message))
 
 
 def approved_hashes(allow_list: Path) -> frozenset[str]:
@@ -168,7 +189,8 @@ def run_task(address: str, token: str, allow_list: Path, app: ClientApp) -> Task
         push_message(client, reply, context)
         outcome = TaskOutcome(message.metadata.run_id, digest, approved, message.metadata.message_type[:40],
                               _server_round(message), reply.error.code if reply.has_error() else None,
-                              _epsilon(reply), time.perf_counter() - started, app_seconds)
+                              _epsilon(reply), time.perf_counter() - started, app_seconds,
+                              approved and _replayed(app, message, reply), _run_key(message))
     except Exception:  # a broken task must not stop the runner
         log.exception("task failed before its reply was sent")
         status = SubStatus.FAILED
