@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -106,6 +107,63 @@ class ReleaseStore:
         for old in runs[:-MAX_RUNS]:
             if old != self.folder:
                 shutil.rmtree(old, ignore_errors=True)
+
+
+def _process_start(pid: int) -> str | None:
+    """The start time (clock ticks since boot, /proc/PID/stat field 22) of a live process; None
+    when no such process runs (or it is a zombie). Pairs with the boot id against PID reuse."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return None if fields[0] == "Z" else fields[19]
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+class PendingClaim:
+    """A spend recorded for a request whose release was never stored, so never sent.
+
+    Written under the ledger's lock right after the spend is recorded, removed once the release
+    is stored (`<phase>.pending.json`: the request's fingerprint, the round, and the writer's
+    PID, process start time and boot id). The order is record -> claim -> compute -> store ->
+    reply, so a claim whose writer is no longer running (a coordinator killed in simulation
+    takes the sites' processes with it) proves that nothing was released for that request: the
+    same request may then be computed again under the spend already recorded. That is still one
+    release of the mechanism the ledger holds. A claim whose writer still runs (a concurrent
+    duplicate) is not taken over: that request is admitted and spent anew."""
+
+    def __init__(self, store: ReleaseStore, phase: str, request_fingerprint: str, server_round: int) -> None:
+        self.store, self.phase, self.request, self.round = store, phase, request_fingerprint, server_round
+        self.path = store.folder / f"{phase}.pending.json"
+
+    def orphaned(self) -> bool:
+        """True when this exact request was claimed by a process that no longer runs."""
+        try:
+            claim = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return False
+        if claim.get("fingerprint") != self.request or claim.get("round") != self.round:
+            return False
+        alive = claim.get("boot") == _boot_id() and _process_start(int(claim.get("pid", -1))) == claim.get("start")
+        return not alive
+
+    def mark(self) -> None:
+        """Claim the request for this process (call under the ledger's lock)."""
+        self.store.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        pid = os.getpid()
+        record = {"fingerprint": self.request, "round": self.round, "pid": pid, "start": _process_start(pid),
+                  "boot": _boot_id()}
+        write_atomic(self.path, (json.dumps(record) + "\n").encode(), mode=0o600)
+
+    def release(self) -> None:
+        """The release is stored: the claim is over."""
+        self.path.unlink(missing_ok=True)
 
 
 def _plain(value: object) -> object:

@@ -27,7 +27,7 @@ import torch
 
 from client.site_data.labels import read_labels
 from client.recipe import check_data_limits, site_experiment
-from client.release_replay import Release, ReleaseStore, fingerprint, request_digest
+from client.release_replay import PendingClaim, Release, ReleaseStore, fingerprint, request_digest
 from client.site import SiteSettings, site_settings
 from client.site_data.site_cache import SiteCache, SiteKey
 from client.site_data.fingerprint import folder_fingerprint
@@ -176,19 +176,29 @@ def _record(job: SiteJob, ledger: Ledger, run_id: str, server_round: int, kind: 
 
 
 def _admit_and_record(job: SiteJob, ledger: Ledger, run_id: str, server_round: int, kind: str,
-                      use: MechanismUse) -> tuple[Projection, MechanismUse]:
-    """Under the ledger's lock: re-read, admit (or decline), record. Nothing has left the site yet.
-    Returns the projection and the mechanism recorded (a run's first round fixes its noise)."""
+                      use: MechanismUse, claim: PendingClaim | None = None) -> tuple[Projection, MechanismUse]:
+    """Under the ledger's lock: re-read, admit (or decline), record, claim. Nothing has left the
+    site yet. Returns the projection and the mechanism recorded (a run's first round fixes its
+    noise). A request whose spend was recorded by a process that died before releasing anything
+    takes that spend over instead (`claim`, release_replay.PendingClaim): no second record."""
     with ledger.locked():
         acct = _account(job, ledger, run_id)
         if kind == TRAIN:  # a concurrent message of this run may have fixed its noise meanwhile
             recorded = next((s.noise_multiplier for s in acct.run if s.kind == TRAIN), use.noise_multiplier)
             use = MechanismUse(recorded, use.sample_rate, use.steps)
-        elif sum(1 for s in acct.run if s.kind == EVALUATE) >= job.site_file.validation.max_per_run:
+        orphan = _orphaned_spend(acct, kind, server_round, use, claim)
+        if orphan is not None and claim is not None:
+            claim.mark()
+            log.info("round %s: %s spend recorded by a process that released nothing; computed again under "
+                     "it (no new spend)", server_round, kind)
+            return Projection(orphan.run_epsilon, orphan.lifetime_epsilon), orphan.use
+        if kind == EVALUATE and sum(1 for s in acct.run if s.kind == EVALUATE) >= job.site_file.validation.max_per_run:
             raise RoundDeclined(EVAL_LIMIT, f"{job.site_file.validation.max_per_run} evaluations already released")
         admitted = admit(use, acct, terms=job.terms, policy=job.site_file.policy,
                          max_mechanisms=job.site_file.limits.max_ledger_mechanisms, cache=job.accounting)
         _record(job, ledger, run_id, server_round, kind, use, admitted)
+        if claim is not None:
+            claim.mark()
     return admitted, use
 
 
@@ -205,14 +215,16 @@ def train_release(job: SiteJob, run_id: str, server_round: int) -> Release:
     Raises RoundDeclined when the round would overspend (the ledger is then unchanged), OSError
     if the release cannot be stored (nothing is released).
     """
-    return _replayed_or(job, run_id, server_round, TRAIN, lambda: _train(job, run_id, server_round))
+    return _replayed_or(job, run_id, server_round, TRAIN, lambda claim: _train(job, run_id, server_round, claim))
 
 
 def _replayed_or(job: SiteJob, run_id: str, server_round: int, phase: str,
-                 release: Callable[[], Release]) -> Release:
-    """The stored release for this exact request, else `release()` stored (job.request "": no store)."""
+                 release: Callable[[PendingClaim | None], Release]) -> Release:
+    """The stored release for this exact request, else `release(claim)` stored (job.request "":
+    no store, no claim). `claim` lets _admit_and_record reuse the spend of a request recorded by a
+    process that died before storing its release (release_replay.PendingClaim)."""
     if not job.request:
-        return release()
+        return release(None)
     store = ReleaseStore(job.site.state_dir, run_id)
     request = fingerprint(phase, server_round, run_id, job.request)
     stored = store.find(phase, request)
@@ -220,12 +232,26 @@ def _replayed_or(job: SiteJob, run_id: str, server_round: int, phase: str,
         log.info("round %s: %s request answered before in this run; its release is sent again (no spend)",
                  server_round, phase)
         return stored
-    fresh = release()
+    claim = PendingClaim(store, phase, request, server_round)
+    fresh = release(claim)
     store.keep(phase, request, server_round, fresh)
+    claim.release()
     return fresh
 
 
-def _train(job: SiteJob, run_id: str, server_round: int) -> Release:
+def _orphaned_spend(acct: Account, kind: str, server_round: int, use: MechanismUse,
+                    claim: PendingClaim | None) -> Spend | None:
+    """The spend recorded for this request by a process that died before releasing anything, if
+    any (its mechanism must be the one planned now)."""
+    if claim is None or not claim.orphaned():
+        return None
+    recorded = [s for s in acct.run if s.kind == kind and s.round == server_round]
+    if not recorded:
+        return None
+    return recorded[-1] if recorded[-1].use == use else None
+
+
+def _train(job: SiteJob, run_id: str, server_round: int, claim: PendingClaim | None = None) -> Release:
     cfg, data = job.cfg, split_dataset(job.arrays, validation=False)
     if len(data) == 0:
         raise SiteDataError("no patient falls in the training split; add patients or lower "
@@ -235,7 +261,7 @@ def _train(job: SiteJob, run_id: str, server_round: int) -> Release:
     ledger = job.ledger()
     sigma = _run_noise(job, _account(job, ledger, run_id), len(data))  # planned outside the lock
     admitted, use = _admit_and_record(job, ledger, run_id, server_round, TRAIN,
-                                      MechanismUse(sigma, use.sample_rate, use.steps))
+                                      MechanismUse(sigma, use.sample_rate, use.steps), claim)
     sigma = use.noise_multiplier
     settings = DPSettings(sigma, job.terms.max_grad_norm, job.terms.accountant, cfg.privacy.grad_sample_mode)
     started = time.perf_counter()
@@ -273,10 +299,11 @@ def evaluate_release(job: SiteJob, run_id: str, server_round: int) -> Release:
     Metrics only (no arrays). Raises RoundDeclined (704, 705, budget), OSError (not stored)."""
     if job.site_file.validation.release != "dp":
         return _evaluate(job, run_id, server_round)
-    return _replayed_or(job, run_id, server_round, EVALUATE, lambda: _evaluate(job, run_id, server_round))
+    return _replayed_or(job, run_id, server_round, EVALUATE,
+                        lambda claim: _evaluate(job, run_id, server_round, claim))
 
 
-def _evaluate(job: SiteJob, run_id: str, server_round: int) -> Release:
+def _evaluate(job: SiteJob, run_id: str, server_round: int, claim: PendingClaim | None = None) -> Release:
     v = job.site_file.validation
     data = split_dataset(job.arrays, validation=True)
     if len(data) < v.min_patients:
@@ -284,7 +311,7 @@ def _evaluate(job: SiteJob, run_id: str, server_round: int) -> Release:
     ledger = job.ledger()
     if v.release == "dp":
         admitted, _ = _admit_and_record(job, ledger, run_id, server_round, EVALUATE,
-                                        MechanismUse(v.noise_multiplier, 1.0, 1))
+                                        MechanismUse(v.noise_multiplier, 1.0, 1), claim)
     else:
         admitted = project(MechanismUse(1.0, 0.0, 0), _account(job, ledger, run_id), terms=job.terms,
                            policy=job.site_file.policy, cache=job.accounting)

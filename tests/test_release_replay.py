@@ -154,3 +154,40 @@ def test_the_site_audit_log_shows_a_replay_as_such(tmp_path: Path) -> None:
     tasks = [e for e in read_events(settings.audit_log).events if e["event"] == "task"]
     assert [(e["outcome"], e["run_key"], e["run"]) for e in tasks] == [("replied", RUN_ID, "8123"),
                                                                       ("replayed", RUN_ID, "8123")]
+
+
+def _crash_before_store(site: Path, state: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A train request whose spend is recorded but whose release is never stored (so never sent)."""
+    from client.release_replay import ReleaseStore
+
+    def lost(*args: object, **kwargs: object) -> None:
+        raise OSError("the process died here")
+    with monkeypatch.context() as patch:
+        patch.setattr(ReleaseStore, "keep", lost)
+        assert send("train", site, state, RUN, config={"run-id": RUN_ID}).has_error()
+    assert [s["kind"] for s in _spends(state)] == ["train"]
+
+
+def test_a_spend_whose_writer_died_before_releasing_is_computed_again_under_it(
+        site: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess
+    import sys
+    state = tmp_path / "state"
+    _crash_before_store(site, state, monkeypatch)
+    (claim,) = (state / RELEASES_DIR / RUN_ID).glob("train.pending.json")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    record = json.loads(claim.read_text())
+    claim.write_text(json.dumps({**record, "pid": int(dead.stdout)}))  # as if its writer had been killed
+    reply = metrics(send("train", site, state, RUN, config={"run-id": RUN_ID}))
+    spends = _spends(state)
+    assert [s["kind"] for s in spends] == ["train"]  # one release, one spend
+    assert reply["epsilon"] == pytest.approx(spends[0]["run_epsilon"])
+    assert not claim.exists()
+
+
+def test_a_claim_whose_writer_still_runs_is_not_taken_over(site: Path, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    state = tmp_path / "state"
+    _crash_before_store(site, state, monkeypatch)  # the claim names this (live) test process
+    metrics(send("train", site, state, RUN, config={"run-id": RUN_ID}))
+    assert [s["kind"] for s in _spends(state)] == ["train", "train"]  # a concurrent duplicate is spent anew
