@@ -71,7 +71,7 @@ def test_two_sites_two_rounds_write_a_complete_run_folder(tmp_path: Path) -> Non
     (run_dir,) = (tmp_path / "runs").iterdir()
     assert f"run folder: {run_dir}" in done.stdout and "max ε" in done.stdout
     console = done.stdout + done.stderr
-    assert console.count("run folder") == 1 and "Manually terminating" not in console
+    assert "Manually terminating" not in console  # Ray actors' normal end, not a warning for the user
     # each Flower record once: not again through the root handler Opacus' import installs
     root_format = re.findall(r"\d\d/\d\d/\d{4} \d\d:\d\d:\d\d:[A-Z]+:(.*)", console)
     assert not [m for m in root_format if re.search(rf"(INFO|WARNING|ERROR) :\s+{re.escape(m)}", console)]
