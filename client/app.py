@@ -99,9 +99,28 @@ def _reply(msg: Message, site: str, metrics: dict[str, float], arrays: ArrayReco
     return Message(content=content, reply_to=msg)
 
 
+class _ActorShutdownNotice(logging.Filter):
+    """Drops Flower's `Manually terminating ClientAppActor` (flwr/simulation/ray_transport/
+    ray_actor.py): a simulation's normal end, which otherwise reads as a WARNING on every run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg != "Manually terminating %s"
+
+
+def _flower_records_once() -> None:
+    """Flower's log records, printed once in this site process: Flower's own console handler prints
+    them, so they no longer also reach the root handler that importing Opacus installs
+    (`logging.basicConfig` in opacus/utils/module_utils.py), which printed each a second time."""
+    flower = logging.getLogger("flwr")
+    flower.propagate = False
+    if not any(isinstance(f, _ActorShutdownNotice) for f in flower.filters):
+        flower.addFilter(_ActorShutdownNotice())
+
+
 def _guarded(handler: Callable[[Message, Context], Message]) -> Callable[[Message, Context], Message]:
     def run(msg: Message, context: Context) -> Message:
         app.note(msg, None)
+        _flower_records_once()
         try:
             return handler(msg, context)
         except RoundDeclined as declined:

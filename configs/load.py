@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -41,14 +42,47 @@ def compose_raw(overrides: Sequence[str] = ()) -> dict[str, object]:
     path or a group option naming a file would reach into the site's environment and disk.
     """
     check_overrides(overrides, schema=ExperimentConfig, config_dir=CONFIG_DIR)
+    _check_grammar(overrides)
     try:
         with _COMPOSE, initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
             cfg = compose(config_name="config", overrides=list(overrides))
         raw = OmegaConf.to_container(cfg, resolve=True)
     except (HydraException, OmegaConfBaseException) as exc:
-        raise ConfigError(f"cannot compose configs/ with overrides {list(overrides)}: {exc}") from exc
+        raise _compose_error(exc, overrides) from exc
     assert isinstance(raw, dict)
     return {str(k): v for k, v in raw.items()}
+
+
+def _check_grammar(overrides: Sequence[str]) -> None:
+    """Raise ConfigError, naming the key and the quoting to use, for an override Hydra's grammar
+    cannot read (`data.root=/a#b`, `[a`) or reads as a sweep of several runs (`rounds=1,2`)."""
+    parser = OverridesParser.create()
+    for item in overrides:
+        key, _, value = item.partition("=")
+        quoted = f"\"{key}='{value}'\""
+        try:
+            parsed = parser.parse_overrides([item])[0]
+        except HydraException as exc:  # OverrideParseException and the grammar's own errors
+            why = str(exc).splitlines()[0]
+            raise ConfigError(f"{key}: Hydra cannot read the value {value!r} ({why}); quote it as a string "
+                              f"(the shell keeps the inner quotes): {quoted}", field=key) from exc
+        if parsed.is_sweep_override():
+            raise ConfigError(f"{key}: {value!r} is a sweep over several runs in Hydra's grammar, and a run "
+                              f"takes one value: write a list as {key}=[a,b], or a string as {quoted}", field=key)
+
+
+def _compose_error(exc: Exception, overrides: Sequence[str]) -> ConfigError:
+    """Hydra's composition error as a ConfigError naming the override's key, without Hydra's
+    advice to add keys with `+` (which fedclinic refuses): a key that check_overrides lets through
+    but the composed configuration lacks is an index or mapping entry that does not exist."""
+    text = str(exc)
+    key = next((o.partition("=")[0] for o in overrides
+                if f"'{o.partition('=')[0]}'" in text or f" {o}" in text), None)
+    if key is None:
+        return ConfigError(f"cannot compose configs/ with overrides {list(overrides)}: {text.splitlines()[0]}")
+    return ConfigError(f"{key}: no such entry in the configuration: an override changes an entry that exists "
+                       "and cannot add one (list items count from 0; `fedclinic run --help` lists the keys "
+                       "and defaults)", field=key)
 
 
 def load_experiment(overrides: Sequence[str] = ()) -> ExperimentConfig:

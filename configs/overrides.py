@@ -11,6 +11,7 @@ environment). Checking happens before Hydra sees the override.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import re
 import types
 import typing
@@ -34,7 +35,7 @@ def check_overrides(overrides: Iterable[str], *, schema: type, config_dir: Path)
         key, sep, value = item.partition("=")
         bare = key.lstrip("+~")
         if bare != key:
-            known = "" if _is_schema_key(schema, bare) else "unknown key; "
+            known = "" if _is_schema_key(schema, bare) else f"unknown key{_did_you_mean(schema, bare) or ';'} "
             raise ConfigError(f"{bare}: {known}overrides are plain key=value on the configuration's keys "
                               "(no +, ++ or ~ forms)", field=bare)
         if not sep:
@@ -44,7 +45,8 @@ def check_overrides(overrides: Iterable[str], *, schema: type, config_dir: Path)
         if key in GROUPS:
             _check_option(key, value, config_dir)
         elif not _is_schema_key(schema, key):
-            raise ConfigError(f"{key}: unknown key (known: {', '.join(_top_level(schema))})", field=key)
+            raise ConfigError(f"{key}: unknown key{_did_you_mean(schema, key) or _known(schema, key)} "
+                              "(`fedclinic run --help` lists every key)", field=key)
 
 
 def _check_option(group: str, option: str, config_dir: Path) -> None:
@@ -54,8 +56,39 @@ def _check_option(group: str, option: str, config_dir: Path) -> None:
                           "(files in the released configs/; no paths)", field=group)
 
 
-def _top_level(schema: type) -> list[str]:
-    return [*(f.name for f in dataclasses.fields(schema)), *GROUPS]
+def _did_you_mean(schema: type, key: str) -> str:
+    """'; did you mean strategy.min_sites?': the schema's dotted key, as deep as `key`, closest to it
+    (difflib's ratio >= 0.6), else ''."""
+    depth = key.count(".")
+    close = difflib.get_close_matches(key, [k for k in dotted_keys(schema) if k.count(".") == depth], n=1)
+    return f"; did you mean {close[0]}?" if close else ""
+
+
+def _known(schema: type, key: str) -> str:
+    """' (train has: local_epochs, batch_size, ...)': the keys under the longest known prefix of
+    `key` (the top level when none is known)."""
+    segments, tp, prefix = key.split("."), schema, "the configuration"
+    for segment in segments[:-1]:
+        child = _child(tp, segment) if _SEGMENT.fullmatch(segment) else None
+        if not dataclasses.is_dataclass(child):
+            break
+        tp, prefix = child, segment if prefix == "the configuration" else f"{prefix}.{segment}"
+    names = [f.name for f in dataclasses.fields(tp)] if dataclasses.is_dataclass(tp) else []
+    return f"; {prefix} has: {', '.join(names)}" if names else ""
+
+
+def dotted_keys(schema: type, prefix: str = "") -> list[str]:
+    """Every dotted key of a dataclass schema, sections included: ['rounds', 'data', 'data.root',
+    ...]; list items and mapping entries are not enumerated."""
+    keys = []
+    for f in dataclasses.fields(schema):
+        keys.append(f"{prefix}{f.name}")
+        child = _child(schema, f.name)
+        inner = [a for a in typing.get_args(child) if a is not type(None)]
+        child = inner[0] if len(inner) == 1 and dataclasses.is_dataclass(inner[0]) else child
+        if dataclasses.is_dataclass(child):
+            keys += dotted_keys(child, f"{prefix}{f.name}.")
+    return keys
 
 
 def _is_schema_key(schema: type, key: str) -> bool:

@@ -30,8 +30,10 @@ def _parser() -> argparse.ArgumentParser:
                        help="export like a real hospital: DICOM variants, broken files, mixed units, ...")
     synth.add_argument("--only", nargs="*", default=[], metavar="SITE=MODS",
                        help="restrict a whole site's modalities, e.g. site-b=labs site-c=image+notes")
+    from configs.describe import CONFIG_EPILOG, ConfigHelpFormatter
     run = sub.add_parser("run", help="run a federated experiment in Flower's simulation engine, or (--federation) "
-                         "submit it to a coordinator's sites")
+                         "submit it to a coordinator's sites",
+                         epilog=CONFIG_EPILOG, formatter_class=ConfigHelpFormatter)
     run.add_argument("--federation", type=Path, metavar="DIR", help="a coordinator folder: submit the installed "
                      "release to its SuperLink with `flwr run` (docs/deployment.md)")
     run.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. data.root=DIR rounds=5 strategy=fedadam; "
@@ -55,7 +57,8 @@ def _parser() -> argparse.ArgumentParser:
     from launcher.coordinator.cli import add_parsers as add_coordinator_parsers
     add_coordinator_parsers(sub)
     runs_cli.add_parsers(sub)
-    demo = sub.add_parser("demo", help="synthesise three hospitals and run the default experiment")
+    demo = sub.add_parser("demo", help="synthesise three hospitals and run the default experiment",
+                          epilog=CONFIG_EPILOG, formatter_class=ConfigHelpFormatter)
     demo.add_argument("--work", type=Path, default=Path("fedclinic-demo"), help="where the sites go")
     demo.add_argument("overrides", nargs="*", help="extra Hydra overrides")
     return parser

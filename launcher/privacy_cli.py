@@ -60,8 +60,9 @@ def _adopt(args: argparse.Namespace, console: Console) -> int:
         raise ValueError(f"{args.ledger}: no such ledger (a site keeps it in its state folder)")
     ledger = Ledger(args.ledger, args.mark_dir)
     adopted = ledger.adopt()
-    console.print(f"adopted {adopted} recorded spends of {args.ledger} as its high-water mark in "
-                  f"{ledger.marks.folder}; the site will refuse any shorter or different ledger from now on",
+    console.print(f"adopted {adopted} recorded spend{'' if adopted == 1 else 's'} of {args.ledger} as its "
+                  f"high-water mark in {ledger.marks.folder}; the site will refuse any shorter or different ledger "
+                  "from now on",
                   soft_wrap=True, highlight=False)
     return 0
 

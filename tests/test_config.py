@@ -72,3 +72,41 @@ def test_a_bad_value_is_shown_bounded_whatever_its_size() -> None:
     with pytest.raises(ConfigError, match="lifetime_epsilon: expected float, got list") as err:
         parse_dataclass(PrivacyPolicy, {"lifetime_epsilon": leaf})
     assert len(str(err.value)) < 200
+
+
+@pytest.mark.parametrize(("override", "suggestion"), [
+    ("strategy.min_site=2", "did you mean strategy.min_sites?"),
+    ("round=3", "did you mean rounds?"),
+    ("privacy.target_epsillon=3", "did you mean privacy.target_epsilon?"),
+    ("stratgy=fedprox", "did you mean strategy?"),
+    ("+rond=3", "did you mean rounds?"),
+    ("train.learning_rate=0.1", "train has: local_epochs, batch_size, optimizer, lr,"),
+])
+def test_an_unknown_key_names_the_closest_known_one(override: str, suggestion: str) -> None:
+    key = override.lstrip("+").partition("=")[0]
+    with pytest.raises(ConfigError, match="unknown key") as err:
+        load_experiment([override])
+    assert str(err.value).startswith(f"{key}: ") and suggestion in str(err.value)
+
+
+@pytest.mark.parametrize(("override", "advice"), [
+    ("data.labs.9.code=x", "no such entry in the configuration"),  # a list item that does not exist
+    ("model.image_channels.5=3", "list items count from 0"),
+    ("data.labs.0.conversions.xx=3", "cannot add one"),  # a mapping entry that does not exist
+    ("data.root=/a/b#c", "\"data.root='/a/b#c'\""),  # Hydra's grammar: quote the value
+    ("data.root=[a", "quote it as a string"),
+    ("rounds=1,2", "write a list as rounds=[a,b]"),  # a sweep: fedclinic runs one experiment
+    ("rounds=abc", "expected int"),
+    ("strategy=fedavgg", "the options are fedadagrad, fedadam, fedavg"),
+])
+def test_no_override_gets_hydras_plus_advice(override: str, advice: str) -> None:
+    key = override.partition("=")[0]
+    with pytest.raises(ConfigError) as err:
+        load_experiment([override])
+    message = str(err.value)
+    assert message.startswith(f"{key}: ") and advice in message
+    assert f"+{key}" not in message and "--multirun" not in message
+
+
+def test_a_quoted_value_reads_as_the_string() -> None:
+    assert load_experiment(["data.root='/a/b#c'"]).data.root == "/a/b#c"

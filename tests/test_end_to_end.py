@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -69,6 +70,11 @@ def test_two_sites_two_rounds_write_a_complete_run_folder(tmp_path: Path) -> Non
     assert opened == set(), "the simulation listened beyond loopback"
     (run_dir,) = (tmp_path / "runs").iterdir()
     assert f"run folder: {run_dir}" in done.stdout and "max ε" in done.stdout
+    console = done.stdout + done.stderr
+    assert "Manually terminating" not in console  # Ray actors' normal end, not a warning for the user
+    # each Flower record once: not again through the root handler Opacus' import installs
+    root_format = re.findall(r"\d\d/\d\d/\d{4} \d\d:\d\d:\d\d:[A-Z]+:(.*)", console)
+    assert not [m for m in root_format if re.search(rf"(INFO|WARNING|ERROR) :\s+{re.escape(m)}", console)]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert [r["round"] for r in summary["rounds"]] == [1, 2]
     # DP validation metrics on ~30 held-out patients: noisy, and undefined when the noisy counts are

@@ -43,24 +43,30 @@ class Readiness:
     privacy: dict[str, Any] | None = None
 
 
+def _count(n: int, noun: str) -> str:
+    """'1 held-out patient', '3 held-out patients'."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def _warnings(arrays: SiteArrays, report: LoadReport, min_validation: int) -> list[str]:
     out = []
     train = int((~arrays.is_val).sum())
     if 0 < train < MIN_TRAIN_PATIENTS:
-        out.append(f"only {train} training patients: DP noise will dominate at this size")
+        out.append(f"only {_count(train, 'training patient')}: DP noise will dominate at this size")
     if len(set(arrays.label[~arrays.is_val].tolist())) < 2:
         out.append("the training split has a single outcome class")
     if not (arrays.is_val.any() and len(set(arrays.label[arrays.is_val].tolist())) == 2):
         out.append("the validation split lacks one outcome class: AUROC cannot be computed here")
     if int(arrays.is_val.sum()) < min_validation:
-        out.append(f"only {int(arrays.is_val.sum())} held-out patients (< validation.min_patients "
+        out.append(f"only {_count(int(arrays.is_val.sum()), 'held-out patient')} (< validation.min_patients "
                    f"{min_validation}): the site will not report validation metrics")
     for name, count in report.coverage.items():
         if count == 0:
             out.append(f"no patient has a usable {name}: the site trains without it")
     if report.patients > report.usable_patients:
-        out.append(f"{report.patients - report.usable_patients} labelled patients have no usable "
-                   "modality and are left out")
+        unusable = report.patients - report.usable_patients
+        out.append(f"{_count(unusable, 'labelled patient')} {'has' if unusable == 1 else 'have'} no usable "
+                   f"modality and {'is' if unusable == 1 else 'are'} left out")
     out.extend(lab_warnings(report.lab_rows_dropped, report.lab_values_clipped, report.lab_values_used))
     return out
 
@@ -93,9 +99,10 @@ def _privacy_warnings(site_file: SiteFileConfig, privacy: dict[str, Any]) -> lis
     if privacy["remaining"] <= 0:
         out.append("the dataset's lifetime privacy budget is spent: the site will decline every round")
     if privacy["other_keys_counted"]:
-        out.append(f"the ledger also holds spends under {len(privacy['other_keys_counted'])} other dataset "
-                   "key(s); they count toward this dataset's lifetime budget (list keys of other patients in "
-                   "site.yaml privacy.unrelated_datasets)")
+        keys = len(privacy["other_keys_counted"])
+        out.append(f"the ledger also holds spends under {_count(keys, 'other dataset key')}; "
+                   f"{'it counts' if keys == 1 else 'they count'} toward this dataset's lifetime budget (list "
+                   "keys of other patients in site.yaml privacy.unrelated_datasets)")
     if site_file.validation.release == "exact":
         out.append("validation.release is exact: the site sends exact validation metrics, which are not DP; "
                    "keep it only if you trust the coordinator with them")

@@ -63,6 +63,7 @@ def read_jsonl_rows(lines: Iterable[str], name: str, columns: tuple[str, ...], o
         out.append(number, [_text(row.get(k)) for k in wanted])
     missing = [c for c in columns if c not in seen]
     if missing:
-        unparsed = f" ({sum(found.values())} lines could not be used)" if found else ""
+        lost = sum(found.values())
+        unparsed = f" ({lost} line{' was' if lost == 1 else 's were'} not usable)" if found else ""
         raise SiteDataError(f"{name}: missing column(s) {missing}; expected {list(columns)}{unparsed}")
     return out.frame(columns + tuple(c for c in optional if c in seen)), found
