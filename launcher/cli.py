@@ -112,7 +112,7 @@ def _synth(args: argparse.Namespace, console: Console) -> int:
     folders = write_hospitals(args.out, sites=args.sites, patients=args.patients, seed=args.seed,
                               image_size=args.image_size, messy=args.messy,
                               modalities=_site_modalities(args.only) or None)
-    console.print(f"wrote {len(folders)} site folders under {args.out.resolve()} "
+    console.print(f"wrote {len(folders)} site folder{'s' if len(folders) != 1 else ''} under {args.out.resolve()} "
                   f"in {time.perf_counter() - started:.1f} s: {', '.join(f.name for f in folders)}")
     return 0
 
@@ -191,7 +191,7 @@ def _demo(args: argparse.Namespace, console: Console) -> int:
         console.print(f"reusing the synthetic sites in {sites_dir.resolve()}", soft_wrap=True)
     else:
         folders = write_hospitals(sites_dir, sites=3, patients=DEMO_PATIENTS, seed=0)
-        console.print(f"wrote {len(folders)} synthetic hospitals to {sites_dir.resolve()}", soft_wrap=True)
+        console.print(f"wrote {len(folders)} synthetic hospital{'s' if len(folders) != 1 else ''} to {sites_dir.resolve()}", soft_wrap=True)
     return _run([f"data.root={sites_dir.resolve()}", *args.overrides], console)
 
 

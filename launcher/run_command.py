@@ -172,7 +172,7 @@ def run(overrides: list[str], console: Console) -> int:
     console.print(f"fedclinic: {len(sites)} site{'s' if len(sites) != 1 else ''} "
                   f"({', '.join(s.name for s in sites)}), {cfg.rounds} round{'s' if cfg.rounds != 1 else ''}, "
                   f"strategy {cfg.strategy.name}, target ε {cfg.privacy.target_epsilon} at δ "
-                  f"{cfg.privacy.target_delta}; run folder {run_dir}", soft_wrap=True, highlight=False)
+                  f"{cfg.privacy.target_delta}", soft_wrap=True, highlight=False)
     started = time.perf_counter()
     code = supervise(final, len(sites), cfg.simulation.cpus_per_site, cfg.simulation.gpus_per_site, run_dir,
                      console)

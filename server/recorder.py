@@ -267,7 +267,7 @@ def _auroc(ev: GlobalEvaluation | None) -> str:
 
 def _round_line(r: RoundRecord, total: int) -> str:
     ev = r.evaluation
-    skipped = f"  (not aggregated: {r.skipped})" if r.skipped else ""
+    skipped = f"  (round skipped: {r.skipped})" if r.skipped else ""
     declined = [site for site, phases in r.participation.items()
                 if any(o.status == DECLINED for o in phases.values())]
     return (f"round {r.round}/{total}: AUROC {_auroc(ev)}  "

@@ -182,9 +182,9 @@ def test_the_release_bundle_trains_and_the_site_records_the_run(deployment: Depl
     (run_dir,) = (deployment.tmp / "runs").iterdir()
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["rounds"][0]["sites_trained"] == 1 and summary["sites"]["site-a"]["epsilon"] > 0
-    run = str(summary["flower_run_id"])
+    run = str(summary["flower_run_ids"][0])
     spends = [json.loads(line) for line in (deployment.state / "privacy-ledger.jsonl").read_text().splitlines()]
-    assert "train" in [s["kind"] for s in spends if str(s["run_id"]) == run]  # the spend, recorded at the site
+    assert "train" in [s["kind"] for s in spends if s["run_id"] == summary["run_id"]]  # recorded at the site
     assert [e["app_sha256"] for e in deployment.audit("run-joined") if e["run"] == run] == [digest]
     tasks = {e["phase"]: e for e in deployment.audit("task") if e["run"] == run}
     assert tasks["train"]["outcome"] == "replied" and tasks["train"]["round"] == 1

@@ -125,7 +125,7 @@ def test_fewer_than_min_sites_skip_the_round_without_a_checkpoint(tmp_path: Path
     arrays, _ = strategy.aggregate_train(1, [_reply(1), _reply(2), _error(3, 601)])
     assert arrays is None and not (tmp_path / CHECKPOINT).exists()
     record = strategy.recorder.rounds[1]
-    assert not record.aggregated and "min_sites is 3" in record.skipped
+    assert not record.aggregated and "strategy.min_sites (3)" in record.skipped
     assert record.participation["site-3"]["train"].status == "failed"
     assert record.participation["site-3"]["train"].code == 601
 

@@ -161,6 +161,6 @@ def run_federation(root: Path, overrides: list[str], console: Console) -> int:
                                                     "flower_run_ids": summary.get("flower_run_ids"),
                                                     "final_auroc": auroc})
     console.print(f"{status}: {summary.get('reason')}; final AUROC {'-' if auroc is None else f'{auroc:.3f}'}, "
-                  f"wall time {time.perf_counter() - started:.0f} s, run folder {run_dir}", soft_wrap=True,
+                  f"wall time {time.perf_counter() - started:.0f} s (report: {run_dir / 'report.html'})", soft_wrap=True,
                   highlight=False, markup=False)
     return EXIT_CODES.get(status, 1)

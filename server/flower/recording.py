@@ -228,8 +228,7 @@ class RecordingStrategy:
                 self.num_nodes_to_select = max(1, len(kept) - self.num_malicious_nodes)
             arrays, metrics = super().aggregate_train(number, [m for m, _ in kept])  # type: ignore[misc]
         elif self.asked:
-            self.recorder.skip(number, f"{plural(len(kept), 'site')} trained, strategy.min_sites is "
-                                       f"{self.rules.min_sites}")
+            self.recorder.skip(number, f"fewer sites trained than strategy.min_sites ({self.rules.min_sites})")
         if arrays is not None:
             self.recorder.aggregated(number)
             self.global_arrays, self.last_aggregated = arrays, number
