@@ -117,7 +117,6 @@ class OutputConfig:
     root: str
     run_dir: str | None
     audit_log: str | None = None
-    resume: bool = False  # continue the run in run_dir from its last completed round (fedclinic run resume=DIR)
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ clientapp = "client.app:app"
 
 [tool.flwr.app.config]
 overrides = ""
+resume = false
 """
 
 

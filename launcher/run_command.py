@@ -51,8 +51,7 @@ def resume_overrides(run_dir: Path, extra: list[str]) -> list[str]:
     summary = run_dir / "summary.json"
     if summary.is_file() and json.loads(summary.read_text(encoding="utf-8")).get("status") == "completed":
         raise ValueError(f"resume={run_dir}: this run completed; start a new run")
-    overrides = [str(o) for o in json.loads(saved.read_text(encoding="utf-8"))]
-    return [o for o in overrides if not o.startswith("output.resume=")] + ["output.resume=true"]
+    return [str(o) for o in json.loads(saved.read_text(encoding="utf-8"))]
 
 
 def split_resume(overrides: list[str]) -> tuple[Path | None, list[str]]:
@@ -81,11 +80,12 @@ def check_sites(sites: list[Path], overrides: list[str], console: Console) -> No
                               field="data.root")
 
 
-def supervise(final: list[str], num_sites: int, cpus: int, gpus: float, run_dir: Path, console: Console) -> int:
+def supervise(final: list[str], num_sites: int, cpus: int, gpus: float, run_dir: Path, console: Console,
+              resume: bool = False) -> int:
     """Run the simulation in a child process group; stop it on SIGINT/SIGTERM. Returns the exit status."""
     from server.run_state import EXIT_CODES, INTERRUPTED, mark_stopped
     command = [sys.executable, "-m", "launcher.simulation", "--sites", str(num_sites), "--cpus", str(cpus),
-               "--gpus", str(gpus), "--", *final]
+               "--gpus", str(gpus), *(["--resume"] if resume else []), "--", *final]
     previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     child = None
     try:
@@ -175,6 +175,6 @@ def run(overrides: list[str], console: Console) -> int:
                   f"{cfg.privacy.target_delta}", soft_wrap=True, highlight=False)
     started = time.perf_counter()
     code = supervise(final, len(sites), cfg.simulation.cpus_per_site, cfg.simulation.gpus_per_site, run_dir,
-                     console)
+                     console, resume=resume_dir is not None)
     console.print(f"wall time {time.perf_counter() - started:.0f} s", highlight=False)
     return code

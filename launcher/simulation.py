@@ -62,7 +62,7 @@ def backend_config(num_sites: int, cpus_per_site: int, gpus_per_site: float) -> 
 
 def run_simulation(overrides: Sequence[str], *, num_sites: int, cpus_per_site: int,
                    gpus_per_site: float, server_app: str = "server.app:app",
-                   client_app: str = "client.app:app") -> None:
+                   client_app: str = "client.app:app", resume: bool = False) -> None:
     """Run server.app:app and client.app:app with `overrides` as the run's Hydra overrides
     (another app pair of this folder, e.g. bench/empty_flower_app.py's, by its module:attribute)."""
     if not (APP_DIR / "pyproject.toml").is_file():
@@ -79,7 +79,7 @@ def run_simulation(overrides: Sequence[str], *, num_sites: int, cpus_per_site: i
     from flwr.supercore.telemetry import EventType
 
     run = Run.create_empty(run_id=secrets.randbits(63))
-    run = replace(run, override_config={"overrides": shlex.join(overrides)}, primary_task_id=secrets.randbits(63),
+    run = replace(run, override_config={"overrides": shlex.join(overrides), "resume": resume}, primary_task_id=secrets.randbits(63),
                   federation_id=NOOP_FEDERATION_ID)
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, run.run_id, SUPERLINK_NODE_ID
     context = Context(run_id=run.run_id, node_id=0, node_config={}, state=RecordDict(),
@@ -99,9 +99,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sites", type=int, required=True)
     parser.add_argument("--cpus", type=int, required=True)
     parser.add_argument("--gpus", type=float, required=True)
+    parser.add_argument("--resume", action="store_true", help="continue output.run_dir's run")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
-    run_simulation(args.overrides, num_sites=args.sites, cpus_per_site=args.cpus, gpus_per_site=args.gpus)
+    run_simulation(args.overrides, num_sites=args.sites, cpus_per_site=args.cpus, gpus_per_site=args.gpus,
+                   resume=args.resume)
     return 0
 
 

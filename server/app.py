@@ -87,10 +87,10 @@ class RunBook:
         return summary
 
 
-def _resume(cfg: ExperimentConfig, run_dir: Path, initial: ArrayRecord, recorder: RunRecorder
+def _resume(resume: bool, run_dir: Path, initial: ArrayRecord, recorder: RunRecorder
             ) -> tuple[ArrayRecord, ResumePoint | None]:
     """The arrays the run (re)starts from, and its resume point (None: a fresh start)."""
-    point = load_resume_point(run_dir) if cfg.output.resume else None
+    point = load_resume_point(run_dir) if resume else None
     if point is None:
         return initial, None
     recorder.restore([RoundRecord.from_json(r) for r in point.rounds])
@@ -113,7 +113,10 @@ def main(grid: Grid, context: Context) -> None:
     recorder = run_recorder(cfg, run_dir, context.run_id, grid)  # + audit log events when output.audit_log
     if cfg.output.audit_log:
         recorder.names.update(registered_names(Path(cfg.output.audit_log)))
-    arrays, point = _resume(cfg, run_dir, initial, recorder)
+    # the run config's `resume` (not an override: the overrides travel in every site request, and a
+    # resumed round must be the same request to be answered from the site's stored release)
+    arrays, point = _resume(str(context.run_config.get("resume", "false")).lower() == "true", run_dir, initial,
+                            recorder)
     first = point.round + 1 if point else 1
     s = cfg.strategy
     rules = RoundRules(s.min_sites, s.max_update_norm, s.outlier_factor, run_dir.name, first)

@@ -32,7 +32,7 @@ from server.run_state import EXIT_CODES, INTERRUPTED, mark_stopped
 from storage.atomic import write_json
 from storage.audit_log import append_event
 
-SET_HERE = ("output.run_dir", "output.audit_log", "output.root", "data.root", "output.resume")
+SET_HERE = ("output.run_dir", "output.audit_log", "output.root", "data.root")
 
 
 def run_overrides(folder: CoordinatorFolder, overrides: list[str], run_dir: Path) -> list[str]:
@@ -51,7 +51,8 @@ def run_overrides(folder: CoordinatorFolder, overrides: list[str], run_dir: Path
     return final
 
 
-def _flwr_run(folder: CoordinatorFolder, final: list[str], run_dir: Path, console: Console) -> int | None:
+def _flwr_run(folder: CoordinatorFolder, final: list[str], run_dir: Path, console: Console,
+              resume: bool) -> int | None:
     """Write the release app and the run config into a temp folder and `flwr run --stream` it,
     echoing its output. Returns flwr's exit code, or None when SIGINT/SIGTERM stopped the run (then
     `flwr stop` has been sent for it and the run folder is marked interrupted)."""
@@ -59,7 +60,8 @@ def _flwr_run(folder: CoordinatorFolder, final: list[str], run_dir: Path, consol
         app = Path(tmp) / "fedclinic"  # a Flower app folder's name must be a valid project name
         app_sha256 = write_release_app(app)
         run_config = Path(tmp) / "run-config.toml"  # a file: flwr's -c k=v parser cannot quote '"'
-        run_config.write_text(f"overrides = {json.dumps(shlex.join(final))}\n", encoding="utf-8")
+        run_config.write_text(f"overrides = {json.dumps(shlex.join(final))}\nresume = {str(resume).lower()}\n",
+                              encoding="utf-8")
         append_event(folder.audit_log, "run-submitted", {"run_folder": run_dir.name, "app_sha256": app_sha256,
                                                          "release": release_version(), "overrides": final})
         command = [tool("flwr"), "run", str(app), CONNECTION, "--stream", "-c", str(run_config)]
@@ -144,7 +146,7 @@ def run_federation(root: Path, overrides: list[str], console: Console) -> int:
     console.print(f"fedclinic: submitting release {release_version()} to {settings.superlink} "
                   f"(run folder {run_dir})", soft_wrap=True, highlight=False, markup=False)
     started = time.perf_counter()
-    code = _flwr_run(folder, final, run_dir, console)
+    code = _flwr_run(folder, final, run_dir, console, resume=any(o.partition("=")[0] == "resume" for o in overrides))
     if code is None:
         return EXIT_CODES[INTERRUPTED]
     summary_path = run_dir / SUMMARY
