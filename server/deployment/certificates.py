@@ -16,7 +16,6 @@ import datetime as dt
 import ipaddress
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +23,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from storage.atomic import write_atomic
 
 CA_DAYS = 3650
 SERVER_DAYS = 825
@@ -149,17 +150,7 @@ def replace_cert_and_key(cert_path: Path, key_path: Path, cert: x509.Certificate
                                 serialization.NoEncryption())
     for path, payload, mode in ((key_path, pem_key, KEY_MODE),
                                 (cert_path, cert.public_bytes(serialization.Encoding.PEM), CERT_MODE)):
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            os.fchmod(fd, mode)
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(payload)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        write_atomic(path, payload, mode=mode)
 
 
 def load_cert(path: Path) -> x509.Certificate:
