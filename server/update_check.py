@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TypeVar
 
 import numpy as np
+
+K = TypeVar("K")
 
 
 def update_problem(arrays: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray] | None) -> str | None:
@@ -40,19 +43,19 @@ def update_norm(arrays: Mapping[str, np.ndarray], reference: Mapping[str, np.nda
     return total ** 0.5
 
 
-def norm_outliers(norms: Mapping[str, float], *, max_norm: float | None, factor: float) -> dict[str, str]:
-    """Updates whose norm is out of bounds: {site: why}.
+def norm_outliers(norms: Mapping[K, float], *, max_norm: float | None, factor: float) -> dict[K, str]:
+    """Updates whose norm is out of bounds: {key: why}, for `norms` {key (a site or node): norm}.
 
     Out of bounds: above `max_norm` (strategy.max_update_norm; None: no absolute bound), or, with at
     least 3 updates in the round, above `factor` times the round's median norm
     (strategy.outlier_factor; the median is robust to a minority of outliers, Yin et al. 2018)."""
-    out = {}
+    out: dict[K, str] = {}
     values: Sequence[float] = sorted(norms.values())
     median = float(np.median(values)) if len(values) >= 3 else None
-    for site, norm in norms.items():
+    for key, norm in norms.items():
         if max_norm is not None and norm > max_norm:
-            out[site] = f"update norm {norm:.3g} above strategy.max_update_norm {max_norm:g}"
+            out[key] = f"update norm {norm:.3g} above strategy.max_update_norm {max_norm:g}"
         elif median is not None and median > 0 and norm > factor * median:
-            out[site] = (f"update norm {norm:.3g} is more than strategy.outlier_factor {factor:g} x the "
-                         f"round's median {median:.3g}")
+            out[key] = (f"update norm {norm:.3g} is more than strategy.outlier_factor {factor:g} x the "
+                        f"round's median {median:.3g}")
     return out

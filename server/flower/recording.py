@@ -132,13 +132,21 @@ class RecordingStrategy:
     # -- who answered -------------------------------------------------------------------------
     def _site(self, msg: Message) -> str:
         """The name a site gives itself in its replies (remembered for its later error replies).
-        A name another node already uses is kept apart as 'name (node N)'."""
+
+        The site chooses it, so it is made plain text (no control characters, which a terminal
+        would obey, and no '[', ']', which rich reads as markup: '[/]' raised MarkupError and
+        ended the run) of at most 64 characters, and unique: a name another node already uses
+        (even one chosen to read like another's 'name (node N)') becomes 'name (node N)', then
+        'name (node N, k)'. Per-site figures are keyed by this name."""
         node = msg.metadata.src_node_id
         records = msg.content.config_records if msg.has_content() else {}
         if "site" in records and node not in self.recorder.names:
-            name = str(records["site"].get("name", ""))[:64] or f"node-{node}"
+            sent = str(records["site"].get("name", ""))[:64]
+            name = "".join(c if c.isprintable() else "?" for c in sent).replace("[", "(").replace("]", ")")
             taken = {n for other, n in self.recorder.names.items() if other != node}
-            self.recorder.names[node] = f"{name} (node {node})" if name in taken else name
+            candidates = [name or f"node-{node}", f"{name} (node {node})",
+                          *(f"{name} (node {node}, {k})" for k in range(2, len(taken) + 3))]
+            self.recorder.names[node] = next(c for c in candidates if c not in taken)
         return self.recorder.site_name(node)
 
     def _outcomes(self, number: int, phase: str, replies: list[Message], done: Mapping[int, Outcome]) -> None:
@@ -196,13 +204,12 @@ class RecordingStrategy:
                 outcomes[m.metadata.src_node_id] = Outcome(REJECTED, None, problem)
                 continue
             kept.append((m, report, arrays))
-        if self.sent is not None and kept:
-            norms = {r.site: update_norm(a, self.sent) for _, r, a in kept}
+        if self.sent is not None and kept:  # by node: one norm per reply, whatever the sites call themselves
+            norms = {m.metadata.src_node_id: update_norm(a, self.sent) for m, _, a in kept}
             outliers = norm_outliers(norms, max_norm=self.rules.max_update_norm, factor=self.rules.outlier_factor)
-            for m, r, _ in kept:
-                if r.site in outliers:
-                    outcomes[m.metadata.src_node_id] = Outcome(REJECTED, None, outliers[r.site])
-            kept = [k for k in kept if k[1].site not in outliers]
+            for node, why in outliers.items():
+                outcomes[node] = Outcome(REJECTED, None, why)
+            kept = [k for k in kept if k[0].metadata.src_node_id not in outliers]
         for m, r, _ in kept:
             outcomes[m.metadata.src_node_id] = Outcome(TRAINED)
         for node, o in outcomes.items():
