@@ -59,3 +59,13 @@ def norm_outliers(norms: Mapping[K, float], *, max_norm: float | None, factor: f
             out[key] = (f"update norm {norm:.3g} is more than strategy.outlier_factor {factor:g} x the "
                         f"round's median {median:.3g}")
     return out
+
+
+def capped_counts(counts: Mapping[K, int], *, factor: float) -> dict[K, int]:
+    """Example counts used as averaging weights, each at most `factor` times the round's median
+    count when there are at least 3 (a site reports its own count and could otherwise dominate a
+    weighted average; strategy.outlier_factor). Fewer than 3: unchanged."""
+    if len(counts) < 3:
+        return dict(counts)
+    cap = max(1, int(factor * float(np.median(list(counts.values())))))
+    return {key: min(count, cap) for key, count in counts.items()}

@@ -206,3 +206,14 @@ def test_fedadam_moments_survive_a_resume_point(tmp_path: Path) -> None:
     for k in GLOBAL:
         np.testing.assert_array_equal(a[k].numpy(), b[k].numpy())
     assert resumed.recorder.rounds[2].aggregated
+
+
+def test_a_site_reporting_a_huge_count_does_not_dominate_the_average(tmp_path: Path) -> None:
+    strategy = _strategy(tmp_path)
+    loud = {"num-examples": 10**9, "epsilon": 1.0, "delta": 1e-5, "lifetime-epsilon": 1.0, "epsilon-cap": 8.0}
+    arrays, _ = strategy.aggregate_train(1, [_reply(1), _reply(2), _reply(3, metrics=loud)])
+    # counts 100, 100, 1e9 -> weights 100, 100, 1000 (10 x the median): site-3 weighs 1000/1200
+    expected = (100 * 0.1 + 100 * 0.2 + 1000 * 0.3) / 1200
+    np.testing.assert_allclose(arrays["w"].numpy(), GLOBAL["w"] + expected, rtol=1e-5)
+    outcome = strategy.recorder.rounds[1].participation["site-3"]["train"]
+    assert outcome.status == "trained" and "capped at 1000" in outcome.reason

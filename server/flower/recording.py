@@ -9,6 +9,7 @@ the run's round numbers).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,7 @@ from server.participation import (DECLINED, EVALUATE, EVALUATED, FAILED, NO_REPL
 from server.recorder import RunRecorder, SiteTraining
 from server.run_folder import save_checkpoint
 from server.run_state import BEST_CHECKPOINT, BUDGET_CODES, BUDGET_EXHAUSTED, RunStopped
-from server.update_check import norm_outliers, update_norm, update_problem
+from server.update_check import capped_counts, norm_outliers, update_norm, update_problem
 
 
 @dataclass(frozen=True)
@@ -210,8 +211,16 @@ class RecordingStrategy:
             for node, why in outliers.items():
                 outcomes[node] = Outcome(REJECTED, None, why)
             kept = [k for k in kept if k[0].metadata.src_node_id not in outliers]
+        counts = {m.metadata.src_node_id: r.num_examples for m, r, _ in kept}
+        weights = capped_counts(counts, factor=self.rules.outlier_factor)
         for m, r, _ in kept:
-            outcomes[m.metadata.src_node_id] = Outcome(TRAINED)
+            node = m.metadata.src_node_id
+            if weights[node] < counts[node]:  # Flower averages by the reply's count: it gets the capped one
+                m.content.metric_records[next(iter(m.content.metric_records))]["num-examples"] = weights[node]
+                outcomes[node] = Outcome(TRAINED, None, f"weight capped at {weights[node]} examples (reported "
+                                                        f"{counts[node]}; strategy.outlier_factor x the median)")
+            else:
+                outcomes[node] = Outcome(TRAINED)
         for node, o in outcomes.items():
             if o.status == REJECTED:
                 self.recorder.rejected(number, self.recorder.site_name(node), str(o.reason))
@@ -269,6 +278,8 @@ class RecordingStrategy:
         failed = {site: self._why(p[EVALUATE]) for site, p in record.participation.items()
                   if EVALUATE in p and p[EVALUATE].status in (FAILED, TIMED_OUT)}
         record.metrics = self._clinical(evals)
+        weights = capped_counts({i: e.num_examples for i, e in enumerate(evals)}, factor=self.rules.outlier_factor)
+        evals = [dataclasses.replace(e, num_examples=weights[i]) for i, e in enumerate(evals)]  # AUROC weights
         result = self.recorder.evaluated(number, evals, failed=failed)
         if result.auroc is not None and self.global_arrays is not None and self.last_aggregated is not None \
                 and (self.best is None or result.auroc > self.best[1]):
