@@ -154,6 +154,9 @@ def run(overrides: list[str], console: Console) -> int:
     from storage.atomic import write_json
     resume_dir, overrides = split_resume(overrides)
     if resume_dir is not None:
+        from server.run_state import run_is_live
+        if run_is_live(resume_dir):
+            raise ValueError(f"resume={resume_dir}: this run is still running (another process holds it)")
         final = resume_overrides(resume_dir, overrides)
         cfg = load_experiment(final)
         run_dir = resume_dir

@@ -27,7 +27,7 @@ from server.flower.recording import RecordingStrategy, RoundRules
 from server.flower.strategies import build_strategy
 from server.recorder import RoundRecord, RunRecorder
 from server.run_folder import CONFIG, SHARED, SUMMARY, create_run_folder
-from server.run_state import (RUNNING, ResumePoint, RunStopped, final_status, load_resume_point,
+from server.run_state import (RUNNING, ResumePoint, RunStopped, final_status, hold_run_lock, load_resume_point,
                               save_resume_point, split_strategy_state, strategy_state_arrays)
 from server.summary import RunOutcome, build_summary
 from storage.atomic import write_atomic, write_json
@@ -109,6 +109,7 @@ def main(grid: Grid, context: Context) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     if not (run_dir / CONFIG).exists():
         write_atomic(run_dir / CONFIG, to_yaml(overrides).encode(), mode=SHARED)
+    lock = hold_run_lock(run_dir)  # held until this process ends
     initial, reference = initial_record(cfg)
     recorder = run_recorder(cfg, run_dir, context.run_id, grid)  # + audit log events when output.audit_log
     if cfg.output.audit_log:
@@ -143,6 +144,7 @@ def main(grid: Grid, context: Context) -> None:
     evaluated = [r.round for r in recorder.rounds.values() if r.evaluation and r.evaluation.auroc is not None]
     status, reason = final_status(cfg.rounds, book.last_completed, aggregated, evaluated, stopped)
     _write_report(run_dir, book.write(status, reason))
+    lock.close()
     recorder.console.print(recorder.table())
 
 

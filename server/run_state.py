@@ -12,6 +12,7 @@ interrupted (SIGINT/SIGTERM, or the coordinator died: a resume continues it), bu
 
 from __future__ import annotations
 
+import fcntl
 import io
 import json
 from collections.abc import Mapping, Sequence
@@ -20,11 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from storage.atomic import write_atomic, write_json
 
-RESUME, BEST_CHECKPOINT = "resume.pt", "best_model.pt"
+RESUME, BEST_CHECKPOINT, LOCK = "resume.pt", "best_model.pt", ".run.lock"
 RUNNING, COMPLETED, FAILED, INTERRUPTED, BUDGET_EXHAUSTED = (
     "running", "completed", "failed", "interrupted", "budget_exhausted")
 EXIT_CODES = {COMPLETED: 0, FAILED: 1, BUDGET_EXHAUSTED: 3, INTERRUPTED: 130, RUNNING: 1}
@@ -61,6 +61,7 @@ class ResumePoint:
 
 def save_resume_point(run_dir: Path, point: ResumePoint) -> Path:
     """Write runs/<id>/resume.pt atomically (torch.save of tensors, numbers and one JSON string)."""
+    import torch  # here, not at import: `fedclinic runs` reads statuses without torch
     meta = {"round": point.round, "rounds": point.rounds, "names": {str(k): v for k, v in point.names.items()},
             "best_round": point.best_round, "best_auroc": point.best_auroc,
             "last_aggregated": point.last_aggregated, "flower_run_ids": point.flower_run_ids}
@@ -81,6 +82,7 @@ def load_resume_point(run_dir: Path) -> ResumePoint | None:
     path = run_dir / RESUME
     if not path.exists():
         return None
+    import torch
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
         meta = json.loads(payload["meta"])
@@ -134,3 +136,32 @@ def split_strategy_state(flat: Mapping[str, np.ndarray]) -> dict[str, dict[str, 
         part, _, name = key.partition("/")
         out.setdefault(part, {})[name] = value
     return out
+
+
+class RunFolderBusy(RuntimeError):
+    """Another process is running this run folder (a second resume of the same run)."""
+
+
+def hold_run_lock(run_dir: Path) -> io.TextIOWrapper:
+    """Hold the run folder's lock for as long as the returned file stays open (the ServerApp, for
+    its whole run): `fedclinic runs` tells a live run from one whose coordinator died, and a run
+    folder is never run twice at once. Raises RunFolderBusy."""
+    handle = (run_dir / LOCK).open("a")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as exc:
+        handle.close()
+        raise RunFolderBusy(f"{run_dir}: another process is running this run; wait for it or stop it") from exc
+    return handle
+
+
+def run_is_live(run_dir: Path) -> bool:
+    """True while a process holds the run folder's lock (hold_run_lock)."""
+    try:
+        with (run_dir / LOCK).open("a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    return False

@@ -116,6 +116,37 @@ def test_three_hospitals_train_end_to_end_and_each_ledger_holds_what_the_summary
         assert joined[-1]["app_sha256"] == release_fab()[1]
 
 
+def _newest_run(federation: Federation, after: set[Path]) -> Path | None:
+    made = [p for p in federation.folder.runs.iterdir() if p not in after]
+    return max(made, key=lambda p: p.stat().st_mtime) if made else None
+
+
+def test_ctrl_c_stops_the_run_at_the_superlink_and_resume_completes_it_without_spending_twice(
+        federation: Federation) -> None:
+    before = set(federation.folder.runs.iterdir())
+    with subprocess.Popen([str(BIN / "fedclinic"), "run", "--federation", str(federation.folder.root), "rounds=3",
+                           *FAST], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          env={**os.environ, **FLOWER_ENV}, start_new_session=True) as run:
+        deadline, run_dir = time.monotonic() + 600, None
+        while run_dir is None or json.loads((run_dir / "summary.json").read_text()).get("last_completed_round", 0) < 1:
+            assert run.poll() is None and time.monotonic() < deadline, run.stdout.read() if run.stdout else ""
+            time.sleep(0.5)
+            found = _newest_run(federation, before)
+            run_dir = found if found is not None and (found / "summary.json").exists() else None
+        run.send_signal(signal.SIGINT)
+        output, _ = run.communicate(timeout=120)
+    assert run.returncode == 130 and f"resume={run_dir}" in output and "Traceback" not in output, output[-4000:]
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "interrupted"
+    done = federation.run(f"resume={run_dir}")
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and [r["round"] for r in summary["rounds"]] == [1, 2, 3]
+    assert len(summary["flower_run_ids"]) == 2
+    for name in SITES:  # the interrupted round's repeated request was answered from the site's stored release
+        spends = [(s.round, s.kind) for s in federation.spends(name) if s.run_id == summary["run_id"]]
+        assert sorted(spends) == sorted((r, k) for r in (1, 2, 3) for k in ("train", "evaluate")), (name, spends)
+
+
 def _acquired(log: Path) -> int:
     return log.read_text(errors="replace").count(" acquired") if log.exists() else 0
 

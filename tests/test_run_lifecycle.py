@@ -169,6 +169,8 @@ def test_resume_after_the_coordinator_is_killed_covers_every_round_once(two_site
     run_dir = _wait_for_round(tmp_path / "runs", 1, run)
     _kill_tree(run.pid, descendants(run.pid))  # SIGKILL: no handler runs, nothing is marked
     run.communicate(timeout=60)
+    listed = fedclinic("runs", str(tmp_path / "runs"), cwd=tmp_path)
+    assert "coordinator died" in listed.stdout, listed.stdout  # "running" in its summary, but nobody runs it
     done = fedclinic("run", f"resume={run_dir}", cwd=tmp_path)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -183,3 +185,14 @@ def test_resume_after_the_coordinator_is_killed_covers_every_round_once(two_site
         assert sorted(kinds) == sorted({(r, k) for r in (1, 2, 3) for k in ("train", "evaluate")})
         assert len({s["noise_multiplier"] for s in spends if s["kind"] == "train"}) == 1
         assert summary["sites"][site]["epsilon"] == pytest.approx(spends[-1]["run_epsilon"], abs=1e-3)
+
+
+def test_a_run_folder_is_run_by_one_process_at_a_time(tmp_path: Path) -> None:
+    from server.run_state import RunFolderBusy, hold_run_lock, run_is_live
+    assert not run_is_live(tmp_path)
+    lock = hold_run_lock(tmp_path)
+    assert run_is_live(tmp_path)
+    with pytest.raises(RunFolderBusy):
+        hold_run_lock(tmp_path)
+    lock.close()
+    assert not run_is_live(tmp_path)

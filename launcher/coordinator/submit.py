@@ -28,7 +28,7 @@ from launcher.child_processes import tool
 from launcher.release_app import release_version, write_release_app
 from launcher.run_command import OVERRIDES_FILE, rebuild_report, resume_overrides, split_resume
 from server.run_folder import SUMMARY, create_run_folder
-from server.run_state import EXIT_CODES, INTERRUPTED, mark_stopped
+from server.run_state import EXIT_CODES, INTERRUPTED, mark_stopped, run_is_live
 from storage.atomic import write_json
 from storage.audit_log import append_event
 
@@ -123,6 +123,8 @@ def _run_folder(folder: CoordinatorFolder, overrides: list[str]) -> tuple[Path, 
     if resume_dir is not None:
         if resume_dir.parent != folder.runs.resolve():
             raise ValueError(f"resume={resume_dir}: not a run folder of this coordinator ({folder.runs})")
+        if run_is_live(resume_dir):
+            raise ValueError(f"resume={resume_dir}: this run is still running at the SuperLink")
         return resume_dir, resume_overrides(resume_dir, overrides)
     run_dir = create_run_folder(folder.runs)
     try:

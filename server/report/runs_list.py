@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from server.run_state import run_is_live
 from server.report.run_data import CONFIG, SUMMARY, NotARunFolder, load_run, number, started_at
 
 
@@ -54,6 +55,9 @@ def run_row(folder: Path) -> RunRow:
     planned = s.get("rounds_planned")
     strategy = s.get("strategy")
     run_id = str(s.get("run_id") or folder.name)
-    return RunRow(run_id, folder, str(s["status"]) if s.get("status") else None, completed,
+    status = str(s["status"]) if s.get("status") else None
+    if status == "running" and not run_is_live(folder):
+        status = "interrupted (its coordinator died; resume it)"
+    return RunRow(run_id, folder, status, completed,
                   planned if isinstance(planned, int) else None, number(s.get("final_auroc")),
                   str(strategy) if strategy else None, started_at(run_id))
