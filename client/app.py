@@ -19,6 +19,7 @@ refused (not the model's names/shapes/dtypes, or not finite), 701-705 declines (
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 
 from flwr.app import ArrayRecord, Array, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
@@ -28,7 +29,9 @@ from client.site_data.site_cache import SiteCache
 from client.site_data.loader import SiteDataError
 from client.release_replay import Release
 from client.run_key import RUN_ID_FIELD, run_key
+from client.site import site_settings
 from client.site_round import SiteJob, evaluate_release, prepare, train_release
+from configs.load import split_overrides
 from configs.parse import ConfigError
 from model.exchange import FLAT_KEY, Layout, WeightsRefused, to_exchange
 from privacy.decline import REASONS, RoundDeclined
@@ -72,7 +75,32 @@ app = SiteClientApp()
 log = logging.getLogger("fedclinic.site")
 
 ERROR_SITE_DATA, ERROR_CONFIG, ERROR_INTERNAL, ERROR_WEIGHTS = 601, 602, 603, 605
+SITE_TAG_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 MAX_REASON = 300
+
+
+def _site_tag(context: Context) -> str:
+    """' [site NAME]': an error reply carries no content, so the site's name (which every normal
+    reply carries too) rides at the end of the reason. Only a name the site was given (node config
+    `site-name`, or a simulation's virtual site): a name taken from the data folder's name could
+    say something about the site's disk, and an error reply says nothing of that."""
+    if "site-name" not in context.node_config and "partition-id" not in context.node_config:
+        return ""
+    try:
+        name = site_settings(dict(context.node_config), None if "data-path" in context.node_config
+                             else _data_root(context)).name
+    except Exception:  # a site that cannot even name itself still answers with its code
+        return ""
+    return f" [site {name}]" if SITE_TAG_NAME.fullmatch(name) else ""
+
+
+def _data_root(context: Context) -> str | None:
+    """data.root of the run's overrides (simulation: the site folders' root), if it can be read."""
+    for item in split_overrides(str(context.run_config.get("overrides", ""))):
+        key, _, value = item.partition("=")
+        if key == "data.root":
+            return value
+    return None
 
 
 def _job(msg: Message, context: Context) -> SiteJob:
@@ -138,7 +166,7 @@ def _guarded(handler: Callable[[Message, Context], Message]) -> Callable[[Messag
         except Exception:  # the site must never crash or leak; details stay in its log
             log.exception("unexpected failure")
             code, reason = ERROR_INTERNAL, "internal error at the site; see the site log"
-        return Message(Error(code=code, reason=reason), reply_to=msg)
+        return Message(Error(code=code, reason=reason + _site_tag(context)), reply_to=msg)
     run.__name__ = handler.__name__
     return run
 

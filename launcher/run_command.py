@@ -165,6 +165,9 @@ def run(overrides: list[str], console: Console) -> int:
     if not cfg.data.root:
         raise ValueError("data.root is not set: `fedclinic run data.root=DIR` (a folder of site folders)")
     root = Path(cfg.data.root).expanduser().resolve()
+    if (root / "labels.csv").is_file():
+        raise ValueError(f"data.root {root} is one site's folder (it holds labels.csv); point data.root at the "
+                         f"folder that holds the site folders, e.g. data.root={root.parent}")
     sites = discover_sites(root)
     if resume_dir is None:
         check_sites(sites, [*overrides, f"data.root={root}"], console)

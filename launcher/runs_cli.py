@@ -40,7 +40,8 @@ def _runs(root: Path, console: Console) -> int:
     table = Table(title=f"runs under {escape(str(root))}")
     for name, justify in (("run", "left"), ("started (UTC)", "left"), ("status", "left"), ("rounds", "right"),
                           ("final AUROC", "right"), ("strategy", "left")):
-        table.add_column(name, justify=justify, overflow="fold")  # type: ignore[arg-type]
+        table.add_column(name, justify=justify, overflow="fold",  # type: ignore[arg-type]
+                         no_wrap=name in ("run", "status"))
     for r in rows:
         rounds = f"{r.rounds_completed if r.rounds_completed is not None else MISSING}/" \
                  f"{r.rounds_planned if r.rounds_planned is not None else MISSING}"

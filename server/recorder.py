@@ -220,11 +220,15 @@ class RunRecorder:
             self._progress.update(self._task, completed=number)
         return record.evaluation
 
+    def round_line(self, number: int) -> None:
+        """Print round `number`'s line now (a round that ends without its evaluation)."""
+        self.console.print(_round_line(self._round(number), self.total_rounds), soft_wrap=True, highlight=False)
+
     def table(self) -> Table:
         """Round, AUROC, loss, max epsilon over sites, counts, and the sites that did not train."""
         table = Table(title="fedclinic rounds (weighted federated evaluation)")
         for name in ("round", "AUROC", "loss", "max ε (sites)", "trained", "declined", "failed"):
-            table.add_column(name, justify="right")
+            table.add_column(name, justify="right", no_wrap=True)
         table.add_column("did not train", justify="left")
         for r in sorted(self.rounds.values(), key=lambda r: r.round):
             ev = r.evaluation

@@ -107,7 +107,9 @@ def final_status(planned: int, last_completed: int, aggregated: Sequence[int], e
                         "classes; strategy.fraction_evaluate must be > 0)")
     if last_completed < planned:
         return FAILED, f"only {last_completed} of {planned} rounds completed"
-    return COMPLETED, f"all {planned} rounds ran; {len(aggregated)} aggregated a model"
+    if len(aggregated) == planned:
+        return COMPLETED, f"all {planned} rounds ran and aggregated"
+    return COMPLETED, f"all {planned} rounds ran; {len(aggregated)} of them aggregated a model"
 
 
 def mark_stopped(run_dir: Path, status: str, reason: str) -> dict[str, Any]:

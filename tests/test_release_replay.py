@@ -191,3 +191,10 @@ def test_a_claim_whose_writer_still_runs_is_not_taken_over(site: Path, tmp_path:
     _crash_before_store(site, state, monkeypatch)  # the claim names this (live) test process
     metrics(send("train", site, state, RUN, config={"run-id": RUN_ID}))
     assert [s["kind"] for s in _spends(state)] == ["train", "train"]  # a concurrent duplicate is spent anew
+
+
+def test_an_error_reply_names_its_site(site: Path, tmp_path: Path) -> None:
+    named = send("train", site, tmp_path / "state", RUN, config={"run-id": "bad/id"}, node={"site-name": "st-x"})
+    assert named.has_error() and named.error.reason.endswith(" [site st-x]")
+    unnamed = send("train", site, tmp_path / "state", RUN, config={"run-id": "bad/id"})  # its folder's name: kept
+    assert unnamed.has_error() and "[site" not in unnamed.error.reason

@@ -217,3 +217,13 @@ def test_a_site_reporting_a_huge_count_does_not_dominate_the_average(tmp_path: P
     np.testing.assert_allclose(arrays["w"].numpy(), GLOBAL["w"] + expected, rtol=1e-5)
     outcome = strategy.recorder.rounds[1].participation["site-3"]["train"]
     assert outcome.status == "trained" and "capped at 1000" in outcome.reason
+
+
+def test_a_site_that_only_ever_declines_is_named_from_its_error_reply(tmp_path: Path) -> None:
+    strategy = _strategy(tmp_path)
+    strategy.asked = [1, 2]
+    reply = Message(Error(code=702, reason="declined: ... [site site-b]"), reply_to=_request(2))
+    reply.metadata.__dict__["_src_node_id"] = 2
+    strategy.aggregate_train(1, [_reply(1), reply])
+    outcome = strategy.recorder.rounds[1].participation["site-b"]["train"]
+    assert (outcome.status, outcome.code) == ("declined", 702)

@@ -10,6 +10,7 @@ the run's round numbers).
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +50,9 @@ class RoundRules:
 def _no_metrics(contents: list[RecordDict], weighted_by_key: str) -> MetricRecord:
     """fedclinic reads each site's metrics itself (server/flower/replies.py), not Flower's average."""
     return MetricRecord()
+
+
+SITE_TAG = re.compile(r" \[site ([A-Za-z0-9._-]{1,64})\]$")  # client/app.py _site_tag
 
 
 class RecordingStrategy:
@@ -140,9 +144,13 @@ class RecordingStrategy:
         (even one chosen to read like another's 'name (node N)') becomes 'name (node N)', then
         'name (node N, k)'. Per-site figures are keyed by this name."""
         node = msg.metadata.src_node_id
-        records = msg.content.config_records if msg.has_content() else {}
-        if "site" in records and node not in self.recorder.names:
-            sent = str(records["site"].get("name", ""))[:64]
+        sent = None
+        if msg.has_error():  # an error reply carries no content: the site names itself in a tag
+            tagged = SITE_TAG.search(str(msg.error.reason))
+            sent = tagged.group(1) if tagged else None
+        elif "site" in msg.content.config_records:
+            sent = str(msg.content.config_records["site"].get("name", ""))[:64]
+        if sent is not None and node not in self.recorder.names:
             name = "".join(c if c.isprintable() else "?" for c in sent).replace("[", "(").replace("]", ")")
             taken = {n for other, n in self.recorder.names.items() if other != node}
             candidates = [name or f"node-{node}", f"{name} (node {node})",
@@ -250,8 +258,11 @@ class RecordingStrategy:
             self.global_arrays, self.last_aggregated = arrays, number
             save_checkpoint(self.run_dir, self.named(arrays), number)
         elif not kept and declined and not failed and all(c in BUDGET_CODES for c in declined.values()):
-            raise RunStopped(BUDGET_EXHAUSTED, f"round {number}: every site declined for its privacy budget "
-                             "(see each site's ledger: `fedclinic privacy report` at the site)")
+            self.recorder.round_line(number)
+            why = "; ".join(sorted({DECLINE_REASONS[c].removeprefix("declined: ") for c in declined.values()}))
+            raise RunStopped(BUDGET_EXHAUSTED, f"round {number}: every site declined ({why}). Each site's "
+                             "ledger says what it spent: `fedclinic privacy report LEDGER` at the site; "
+                             "`fedclinic privacy plan` shows what a budget allows")
         return arrays, metrics
 
     def named(self, arrays: ArrayRecord) -> dict[str, np.ndarray]:

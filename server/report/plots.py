@@ -59,7 +59,7 @@ def model_plot(rounds: Sequence[dict[str, Any]]) -> bytes:
             ax.plot(xs, ys, marker="o", color="#1f77b4", label=key.upper() if key == "auroc" else key)
             if key == "auroc" and any(s is not None for s in std):
                 ax.errorbar(xs, ys, yerr=[s or 0.0 for s in std], fmt="none", ecolor="#1f77b4", alpha=0.5,
-                            capsize=3, label="± std across sites")
+                            capsize=3, label="± std from the sites' DP noise")
             for x, y in zip(xs, ys):
                 ax.annotate(f"{y:.3f}", (x, y), textcoords="offset points", xytext=(0, 7), ha="center", fontsize=8)
         else:
