@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from storage.atomic import write_atomic, write_json
+from storage.atomic import write_atomic
 
 CONFIG, CHECKPOINT, SUMMARY = "config.yaml", "global_model.pt", "summary.json"
 SHARED = 0o644  # run folders are read by the central team
