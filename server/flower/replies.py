@@ -77,12 +77,13 @@ def site_training(msg: Message, site: str) -> SiteTraining:
 
 
 def site_evaluation(msg: Message, site: str) -> SiteEvaluation:
-    """The evaluation report of a reply without error: AUROC and its std in [0, 1], loss in
-    [0, MAX_LOSS], counts within ±MAX_COUNT (a DP count may be noised below 0). Raises MalformedReply."""
+    """The evaluation report of a reply without error: AUROC in [0, 1], loss in [0, MAX_LOSS], counts
+    and the AUROC's noise std within MAX_COUNT (a DP count may be noised below 0; on a small held-out
+    set the std of a DP AUROC is well above 1). Raises MalformedReply."""
     m = metrics(msg)
     defined = number(m, "auroc-defined") != 0
     return SiteEvaluation(site, bounded(m, "auroc", 0, 1) if defined else None, bounded(m, "eval-loss", 0, MAX_LOSS),
                           max(0, int(bounded(m, "num-examples", -MAX_COUNT, MAX_COUNT))), number(m, "epsilon"),
-                          number(m, "metrics-dp") != 0, bounded(m, "auroc-std", 0, 1), number(m, "lifetime-epsilon"),
+                          number(m, "metrics-dp") != 0, bounded(m, "auroc-std", 0, MAX_COUNT), number(m, "lifetime-epsilon"),
                           number(m, COMPUTE_KEY, default=0.0), _histogram(m, "histogram-positive"),
                           _histogram(m, "histogram-negative"), _optional(m, "epsilon-cap"))
