@@ -11,6 +11,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from server.evaluation import GlobalEvaluation, SiteEvaluation, aggregate
 from server.participation import DECLINED, TRAIN, TRAINED, Outcome, plural
@@ -225,19 +226,22 @@ class RunRecorder:
         self.console.print(_round_line(self._round(number), self.total_rounds), soft_wrap=True, highlight=False)
 
     def table(self) -> Table:
-        """Round, AUROC, loss, max epsilon over sites, counts, and the sites that did not train."""
-        table = Table(title="fedclinic rounds (weighted federated evaluation)")
+        """Round, AUROC, loss, max epsilon over sites, and counts; its caption names, per round,
+        the sites that did not train (a caption wraps on a narrow terminal, a column would vanish)."""
+        table = Table(title="fedclinic rounds (weighted federated evaluation)", caption_justify="left")
         for name in ("round", "AUROC", "loss", "max ε (sites)", "trained", "declined", "failed"):
             table.add_column(name, justify="right", no_wrap=True)
-        table.add_column("did not train", justify="left")
+        notes = []
         for r in sorted(self.rounds.values(), key=lambda r: r.round):
             ev = r.evaluation
             missing = ", ".join(f"{site} ({why})" for site, why in r.sites_not_training().items())
             if r.skipped:
-                missing = f"round skipped: {r.skipped}" + (f"; {missing}" if missing else "")
+                missing = f"skipped: {r.skipped}" + (f"; {missing}" if missing else "")
+            if missing:
+                notes.append(f"round {r.round} did not train: {missing}")
             table.add_row(str(r.round), _auroc(ev), _fmt(ev.loss if ev else None),
-                          _fmt(r.max_epsilon, 2), str(len(r.training)), str(len(r.declined)),
-                          str(r.failures), missing or "-")
+                          _fmt(r.max_epsilon, 2), str(len(r.training)), str(len(r.declined)), str(r.failures))
+        table.caption = Text("\n".join(notes) or "every sampled site trained in every round")  # not markup
         return table
 
     def last_site_values(self) -> Mapping[str, dict[str, float | int | None]]:
