@@ -204,6 +204,10 @@ def _validation_problems(cfg: SiteFileConfig) -> list[str]:
     v, problems = cfg.validation, []
     if not (math.isfinite(v.fraction) and 0 < v.fraction < 1) or v.min_patients < 1:
         problems.append("validation.fraction must be in (0, 1) and validation.min_patients >= 1")
+    if not (math.isfinite(v.test_fraction) and 0 <= v.test_fraction < 1
+            and (1 - v.test_fraction) * (1 - v.fraction) > 0.05):
+        problems.append(f"validation.test_fraction must be in [0, 1) and leave training patients "
+                        f"(got {v.test_fraction} with fraction {v.fraction})")
     if v.release not in RELEASES:
         problems.append(f"validation.release must be one of {', '.join(RELEASES)} (got {v.release!r})")
     if not (math.isfinite(v.noise_multiplier) and v.noise_multiplier >= 0.5):

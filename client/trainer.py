@@ -45,8 +45,13 @@ class EvalOutcome:
 
 
 def split_dataset(arrays: SiteArrays, *, validation: bool) -> TensorDataset:
-    """Tensors of the train (or validation) patients, in ClinicalBatch field order."""
-    rows = arrays.is_val if validation else ~arrays.is_val
+    """Tensors of the train (or validation) patients, in ClinicalBatch field order. The test split
+    (validation.test_fraction) is in neither: nothing a federation runs ever reads it."""
+    return rows_dataset(arrays, arrays.is_val if validation else arrays.is_train)
+
+
+def rows_dataset(arrays: SiteArrays, rows: np.ndarray) -> TensorDataset:
+    """Tensors of the patients selected by the [N] bool mask `rows`, in ClinicalBatch field order."""
     return TensorDataset(
         torch.from_numpy(arrays.image[rows][:, None]), torch.from_numpy(arrays.labs[rows]),
         torch.from_numpy(arrays.lab_mask[rows]), torch.from_numpy(arrays.tokens[rows]),
@@ -66,7 +71,8 @@ def batch_loss(model: nn.Module, batch: ClinicalBatch) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits, batch.label, reduction="sum") / max(len(batch.label), 1)
 
 
-def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """The recipe's local optimiser over `model`'s parameters (a fresh one every round)."""
     if cfg.optimizer == "adam":
         return torch.optim.Adam(model.parameters(), lr=cfg.lr)
     return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
@@ -85,7 +91,7 @@ def train_dp(model: nn.Module, data: TensorDataset, *, cfg: TrainConfig, dp: DPS
     from privacy.dpsgd.engine import make_private
     model.to(device).train()
     loader = DataLoader(data, batch_size=cfg.batch_size)
-    private = make_private(model, _optimizer(model, cfg), loader, settings=dp, prior=prior,
+    private = make_private(model, make_optimizer(model, cfg), loader, settings=dp, prior=prior,
                            criterion=nn.BCEWithLogitsLoss(),  # = batch_loss, per-sample decomposable
                            proximal_mu=proximal_mu)
     losses: list[float] = []

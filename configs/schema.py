@@ -179,6 +179,7 @@ class ValidationSplit:
 
     fraction: float = 0.2
     seed: int = 0
+    test_fraction: float = 0.0     # patients set aside for a final test: no round ever trains or validates on them
     min_patients: int = 20         # fewer held-out patients: the site refuses to report metrics
     release: str = "dp"            # dp: noised, accounted metrics | exact: only where the site trusts the coordinator
     noise_multiplier: float = 5.0  # std of the Gaussian noise on each count of a DP metrics release

@@ -48,11 +48,12 @@ def validate_experiment(cfg: ExperimentConfig) -> None:
     _require(0 <= cfg.seed < 2**63, "seed", "must be in [0, 2^63)")
     _validate_data(cfg)
     widths = (*cfg.model.image_channels, cfg.model.lab_hidden, cfg.model.note_dim, cfg.model.embed_dim,
-              cfg.model.fusion_hidden)
+              *((cfg.model.fusion_hidden,) if cfg.model.fusion_hidden else ()))  # 0: a linear head
     _require(1 <= len(cfg.model.image_channels) <= m["model.conv_layers"], "model.image_channels",
              f"needs 1 to {m['model.conv_layers']} conv layers")
     _require(all(1 <= w <= m["model.width"] for w in widths), "model",
-             f"every width (channels, hidden sizes, dims) must be in [1, {m['model.width']}]")
+             f"every width (channels, hidden sizes, dims) must be in [1, {m['model.width']}] "
+             f"(model.fusion_hidden may also be 0: a linear head)")
     t = cfg.train
     _in_range(t.local_epochs, 1, m["train.local_epochs"], "train.local_epochs")
     _in_range(t.batch_size, 1, m["train.batch_size"], "train.batch_size")

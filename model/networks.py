@@ -78,8 +78,9 @@ class FusionModel(nn.Module):
         self.image = ImageEncoder(cfg.image_channels, d)
         self.labs = LabEncoder(num_labs, cfg.lab_hidden, d)
         self.notes = NoteEncoder(note_buckets, cfg.note_dim, d)
+        # fusion_hidden 0: a linear head (logistic regression on the three embeddings and masks)
         self.head = nn.Sequential(nn.Linear(3 * d + 3, cfg.fusion_hidden), nn.ReLU(),
-                                  nn.Linear(cfg.fusion_hidden, 1))
+                                  nn.Linear(cfg.fusion_hidden, 1)) if cfg.fusion_hidden else nn.Linear(3 * d + 3, 1)
 
     def forward(self, batch: ClinicalBatch) -> torch.Tensor:
         """Logits of shape [B]."""

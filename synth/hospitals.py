@@ -85,11 +85,13 @@ def _broken_utf8_site(sites: int, allowed: Mapping[int, frozenset[str]]) -> int 
 
 def write_hospitals(out: pathlib.Path, *, sites: int, patients: int, seed: int, image_size: int = 64,
                     messy: bool = False,
-                    modalities: Mapping[int, Iterable[str]] | None = None) -> list[pathlib.Path]:
+                    modalities: Mapping[int, Iterable[str]] | None = None,
+                    test_fraction: float = 0.0) -> list[pathlib.Path]:
     """Write `sites` site folders under `out` (site-a, site-b, ...), each with `patients` patients.
 
     `modalities` maps a site index to the subset of {"image", "labs", "notes"} that whole site
-    exports (labels.csv is always written). `messy=True` adds the seeded "messy export" defects
+    exports (labels.csv is always written). `test_fraction` > 0 writes a site.yaml that sets that
+    share of patients aside as a test split (validation.test_fraction). `messy=True` adds the seeded "messy export" defects
     described in synth/messy_site.py. Defaults reproduce the clean output byte for byte.
     Returns the site folders in order.
     """
@@ -108,5 +110,5 @@ def write_hospitals(out: pathlib.Path, *, sites: int, patients: int, seed: int, 
             write_messy_site(site_dir, cohort, profile, seed, image_size, options)
         else:
             _write_site(site_dir, cohort, profile, seed, image_size, mods)
-        add_policy(site_dir)
+        add_policy(site_dir, test_fraction)
     return dirs

@@ -7,8 +7,10 @@ import pathlib
 HEADER = "# Site-owned configuration (written by site IT, never sent by the coordinator)"
 
 
-def policy_yaml(site: str) -> str:
-    """A generous lifetime budget: synthetic data has no patients, and demos are rerun."""
+def policy_yaml(site: str, test_fraction: float = 0.0) -> str:
+    """A generous lifetime budget: synthetic data has no patients, and demos are rerun.
+    `test_fraction` > 0 sets patients aside for a final test (validation.test_fraction)."""
+    test = [f"  test_fraction: {test_fraction:g}      # a final test split no round reads"] if test_fraction > 0 else []
     return "\n".join([
         "privacy:                      # the site's promise per dataset; the coordinator cannot loosen it",
         f"  dataset_id: synthetic-{site}",
@@ -21,11 +23,12 @@ def policy_yaml(site: str) -> str:
         "  fraction: 0.2",
         "  seed: 0",
         "  min_patients: 10            # no validation metrics over fewer held-out patients",
+        *test,
     ]) + "\n"
 
 
-def add_policy(site_dir: pathlib.Path) -> None:
+def add_policy(site_dir: pathlib.Path, test_fraction: float = 0.0) -> None:
     """Append the privacy block to site.yaml, creating the file if the site has none yet."""
     path = site_dir / "site.yaml"
     existing = path.read_text(encoding="utf-8") if path.exists() else HEADER + "\n"
-    path.write_text(existing + policy_yaml(site_dir.name), encoding="utf-8")
+    path.write_text(existing + policy_yaml(site_dir.name, test_fraction), encoding="utf-8")

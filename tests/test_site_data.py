@@ -140,3 +140,30 @@ def test_a_single_modality_site_loads(only: set[str], tmp_path: Path, experiment
     arrays, report = load_site(site, experiment.data, cache_dir=tmp_path / "cache")
     present = {name for name, n in report.coverage.items() if n}
     assert present == only and report.usable_patients == 60 == len(arrays.label)
+
+
+def test_a_test_split_is_disjoint_and_independent_of_the_validation_fraction() -> None:
+    from client.split import split_masks
+    ids = [f"P{i:05d}" for i in range(5000)]
+    val, test = split_masks(ids, 0.2, 0.2, seed=0)
+    assert not (val & test).any() and 0.17 < test.mean() < 0.23 and 0.14 < val.mean() < 0.18
+    other_val, same_test = split_masks(ids, 0.3, 0.2, seed=0)
+    assert np.array_equal(test, same_test)  # changing validation.fraction moves no patient into or out of test
+    plain_val, no_test = split_masks(ids, 0.2, 0.0, seed=0)
+    assert not no_test.any() and np.array_equal(plain_val, validation_mask(ids, 0.2, seed=0))
+
+
+def test_no_training_or_validation_dataset_holds_a_test_patient(tmp_path: Path, experiment: ExperimentConfig) -> None:
+    from client.site_file import read_site_file
+    from client.trainer import split_dataset
+    site = write_hospitals(tmp_path / "sites", sites=1, patients=150, seed=3, image_size=16, test_fraction=0.3)[0]
+    site_file = read_site_file(site / "site.yaml", experiment.data)
+    assert site_file.validation.test_fraction == 0.3
+    arrays, _ = load_site(site, experiment.data, cache_dir=tmp_path / "cache", site_file=site_file)
+    assert 30 <= arrays.is_test.sum() <= 60 and not (arrays.is_test & arrays.is_val).any()
+    train, val = split_dataset(arrays, validation=False), split_dataset(arrays, validation=True)
+    assert len(train) + len(val) + int(arrays.is_test.sum()) == len(arrays.label)
+    test_images = {arr.tobytes() for arr in arrays.image[arrays.is_test & (arrays.modality_mask[:, 0] > 0)]}
+    assert test_images
+    assert not test_images & {t.numpy().tobytes() for t in train.tensors[0][:, 0]}
+    assert not test_images & {t.numpy().tobytes() for t in val.tensors[0][:, 0]}

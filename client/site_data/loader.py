@@ -24,7 +24,7 @@ from client.site_data.manifest import image_paths
 from client.site_data.notes import note_tokens
 from client.site_data.errors import SiteDataError
 from client.site_data.findings import Findings
-from client.split import validation_mask
+from client.split import split_masks, validation_mask
 from client.site_data.tables import find_table, read_table
 from configs.schema import DataConfig, SiteFileConfig, SiteLimits
 
@@ -42,7 +42,13 @@ class SiteArrays:
     tokens: np.ndarray         # [N, L] int64, 0 = padding
     modality_mask: np.ndarray  # [N, 3] float32: image, labs, notes
     label: np.ndarray          # [N] float32
-    is_val: np.ndarray         # [N] bool
+    is_val: np.ndarray         # [N] bool: the validation split
+    is_test: np.ndarray        # [N] bool: the test split (validation.test_fraction), never trained or validated on
+
+    @property
+    def is_train(self) -> np.ndarray:
+        """[N] bool: the patients local training may use (neither validation nor test)."""
+        return ~(self.is_val | self.is_test)
 
 
 @dataclass
@@ -158,7 +164,7 @@ def load_site(site: Path, cfg: DataConfig, *, cache_dir: Path, site_file: SiteFi
     usable = modality.any(axis=1)
     report.usable_patients = int(usable.sum())
     split = (site_file or SiteFileConfig()).validation
-    is_val = validation_mask(ids, split.fraction, split.seed)
+    is_val, is_test = split_masks(ids, split.fraction, split.test_fraction, split.seed)
     arrays = SiteArrays(image[usable], labs[usable], lab_mask[usable], tokens[usable], modality[usable],
-                        labels.label[usable], is_val[usable])
+                        labels.label[usable], is_val[usable], is_test[usable])
     return arrays, report

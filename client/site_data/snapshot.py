@@ -30,9 +30,10 @@ from client.site_data.loader import SiteArrays
 from storage.atomic import write_atomic
 
 SNAPSHOT_FILE = "site-arrays.npz"
-SNAPSHOT_FORMAT = "1"
+SNAPSHOT_FORMAT = "2"
 _KINDS = {"image": ("f4", 3), "labs": ("f4", 2), "lab_mask": ("f4", 2), "tokens": ("i8", 2),
-          "modality_mask": ("f4", 2), "label": ("f4", 1), "is_val": ("b1", 1)}
+          "modality_mask": ("f4", 2), "label": ("f4", 1), "is_val": ("b1", 1),
+          "is_test": ("b1", 1)}
 _LOADER_CODE = Path(__file__).resolve().parent  # client/site_data/, and client/split.py beside it
 
 

@@ -50,10 +50,10 @@ def _count(n: int, noun: str) -> str:
 
 def _warnings(arrays: SiteArrays, report: LoadReport, min_validation: int) -> list[str]:
     out = []
-    train = int((~arrays.is_val).sum())
+    train = int(arrays.is_train.sum())
     if 0 < train < MIN_TRAIN_PATIENTS:
         out.append(f"only {_count(train, 'training patient')}: DP noise will dominate at this size")
-    if len(set(arrays.label[~arrays.is_val].tolist())) < 2:
+    if len(set(arrays.label[arrays.is_train].tolist())) < 2:
         out.append("the training split has a single outcome class")
     if not (arrays.is_val.any() and len(set(arrays.label[arrays.is_val].tolist())) == 2):
         out.append("the validation split lacks one outcome class: AUROC cannot be computed here")
@@ -132,7 +132,7 @@ def check_site(site: SiteSettings, data: DataConfig, recipe: ExperimentConfig | 
         privacy = privacy_status(site, site_file)
     except (SiteDataError, LedgerError) as exc:
         return Readiness(site.name, False, _relative(str(exc), site), (), None)
-    train, val = int((~arrays.is_val).sum()), int(arrays.is_val.sum())
+    train, val = int(arrays.is_train.sum()), int(arrays.is_val.sum())
     reason = None
     if report.usable_patients == 0:
         reason = "no labelled patient has a usable image, lab result or note"
