@@ -2,9 +2,10 @@
 
 What `flwr/supernode/runtime/run_clientapp.py::run_clientapp` does for a task, with Flower's own
 functions (`push_message`, `push_task_output`, the task heartbeat, the task token; the input is
-pulled by client/node/flower_task_input.py, which gives up on a message of a stopped run), except that the run's app bundle (FAB) is never installed and none of its code is ever
-imported: the bundle's SHA-256 is computed here from its bytes (a hash the coordinator claims is
-never used) and checked against the site's allow-list first. An unapproved bundle is answered
+pulled by client/node/flower_task_input.py, which gives up on a message of a stopped run),
+except that the run's app bundle (FAB) is never installed and none of its code is ever imported:
+the bundle's SHA-256 is computed here from its bytes (a hash the coordinator claims is never
+used) and checked against the site's allow-list first. An unapproved bundle is answered
 with error 606; an approved one is answered by `client.app.app`, as installed at the site.
 
 Nothing the coordinator sent is echoed back and no exception text leaves the site: failures
