@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 from flwr.proto.runtime_pb2 import AcquireTaskRequest
 
+from launcher.child_processes import log_tail
 from launcher.coordinator.folder import FLOWER_ENV, CoordinatorFolder
 from launcher.release_app import release_fab
 from privacy.ledger import LEDGER_FILE, Ledger, Spend
@@ -74,7 +75,21 @@ class Federation:
         return files
 
     def run(self, *overrides: str, timeout: float = 1200) -> subprocess.CompletedProcess[str]:
-        return fedclinic("run", "--federation", str(self.folder.root), *overrides, timeout=timeout)
+        try:
+            return fedclinic("run", "--federation", str(self.folder.root), *overrides, timeout=timeout)
+        except subprocess.TimeoutExpired as exc:
+            output = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else exc.stdout or ""
+            raise AssertionError(f"`fedclinic run {' '.join(overrides)}` did not end within {timeout:.0f} s; its "
+                                 f"output:\n{output[-3000:]}\n{self.site_logs()}") from None
+
+    def site_logs(self, lines: int = 30) -> str:
+        """The last `lines` of each site's runner.log and supernode.log, for failure messages."""
+        parts = []
+        for name in SITES:
+            for log in ("runner.log", "supernode.log"):
+                path = self.state(name) / "logs" / log
+                parts.append(f"---- {name} {log} ({path}), last {lines} lines:\n{log_tail(path, lines)}")
+        return "\n".join(parts)
 
 
 @pytest.fixture(scope="module")
@@ -103,10 +118,11 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]
 def test_three_hospitals_train_end_to_end_and_each_ledger_holds_what_the_summary_reports(
         federation: Federation) -> None:
     done = federation.run("rounds=2", *FAST)
-    assert done.returncode == 0 and "final AUROC" in done.stdout, done.stdout[-4000:] + done.stderr[-3000:]
+    assert done.returncode == 0 and "final AUROC" in done.stdout, (done.stdout[-4000:] + done.stderr[-3000:]
+                                                                   + federation.site_logs())
     run_dir = max(federation.folder.runs.iterdir(), key=lambda p: p.stat().st_mtime)
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert [r["sites_trained"] for r in summary["rounds"]] == [3, 3]
+    assert [r["sites_trained"] for r in summary["rounds"]] == [3, 3], federation.site_logs()
     assert set(summary["sites"]) == set(SITES)
     for name in SITES:
         spends = [s for s in federation.spends(name) if s.run_id == summary["run_id"]]
@@ -129,7 +145,7 @@ def test_ctrl_c_stops_the_run_at_the_superlink_and_resume_completes_it_without_s
                           env={**os.environ, **FLOWER_ENV}, start_new_session=True) as run:
         deadline, run_dir = time.monotonic() + 600, None
         while run_dir is None or json.loads((run_dir / "summary.json").read_text()).get("last_completed_round", 0) < 1:
-            assert run.poll() is None and time.monotonic() < deadline, run.stdout.read() if run.stdout else ""
+            assert run.poll() is None and time.monotonic() < deadline, _output(run) + federation.site_logs()
             time.sleep(0.5)
             found = _newest_run(federation, before)
             run_dir = found if found is not None and (found / "summary.json").exists() else None
@@ -138,13 +154,21 @@ def test_ctrl_c_stops_the_run_at_the_superlink_and_resume_completes_it_without_s
     assert run.returncode == 130 and f"resume={run_dir}" in output and "Traceback" not in output, output[-4000:]
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "interrupted"
     done = federation.run(f"resume={run_dir}")
-    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-3000:]
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-3000:] + federation.site_logs()
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "completed" and [r["round"] for r in summary["rounds"]] == [1, 2, 3]
     assert len(summary["flower_run_ids"]) == 2
     for name in SITES:  # the interrupted round's repeated request was answered from the site's stored release
         spends = [(s.round, s.kind) for s in federation.spends(name) if s.run_id == summary["run_id"]]
-        assert sorted(spends) == sorted((r, k) for r in (1, 2, 3) for k in ("train", "evaluate")), (name, spends)
+        assert sorted(spends) == sorted((r, k) for r in (1, 2, 3) for k in ("train", "evaluate")), \
+            (name, spends, federation.site_logs())
+
+
+def _output(run: subprocess.Popen[str]) -> str:
+    """What a `fedclinic run` started with Popen printed (it is stopped first if it still runs)."""
+    if run.poll() is None:
+        run.kill()
+    return (run.communicate(timeout=60)[0] or "")[-4000:] + "\n"
 
 
 def _acquired(log: Path) -> int:
@@ -161,20 +185,22 @@ def test_a_site_killed_mid_round_is_named_the_round_ends_at_its_timeout_and_it_t
         # round 1 trains and evaluates at site-c (2 tasks); kill it once round 2's task has arrived
         deadline = time.monotonic() + 600
         while _acquired(runner_log) < before + 3:
-            assert run.poll() is None and time.monotonic() < deadline, run.stdout.read() if run.stdout else ""
+            assert run.poll() is None and time.monotonic() < deadline, _output(run) + federation.site_logs()
             time.sleep(0.2)
         os.killpg(federation.sites["site-c"].process.pid, signal.SIGKILL)
         federation.sites["site-c"].process.wait(30)
         federation.start("site-c", wait_ready=False)  # the same key: the same node, back for a later round
         output, _ = run.communicate(timeout=1200)
-    assert run.returncode == 0, output[-5000:]
+    assert run.returncode == 0, output[-5000:] + federation.site_logs()
     run_dir = max(federation.folder.runs.iterdir(), key=lambda p: p.stat().st_mtime)
     rounds = json.loads((run_dir / "summary.json").read_text())["rounds"]
-    assert rounds[1]["sites_trained"] == 2 and "site-c" in rounds[1]["failed_sites"], rounds[1]
-    assert "site-c" not in rounds[0]["failed_sites"]
+    assert rounds[1]["sites_trained"] == 2 and "site-c" in rounds[1]["failed_sites"], (rounds[1],
+                                                                                        federation.site_logs())
+    assert "site-c" not in rounds[0]["failed_sites"], (rounds[0], federation.site_logs())
     # back online with the same key within the coordinator's minute of holding the old node, it is
     # sampled and trains again in a later round
-    assert any(r["sites_trained"] == 3 for r in rounds[2:]), (rounds, federation.sites["site-c"].text()[-3000:])
+    assert any(r["sites_trained"] == 3 for r in rounds[2:]), (rounds, federation.sites["site-c"].text()[-3000:],
+                                                              federation.site_logs())
     assert "site-c" in output  # the console names the site that did not train
 
 
@@ -243,7 +269,7 @@ def test_sec_fab_code_exec_the_attack_app_reaches_no_site_data_and_the_control_p
     for site in SITES:
         refused = [e for e in read_events(federation.state(site) / "audit.jsonl").events
                    if e["event"] == "app-refused"]
-        assert refused, f"{site} did not record the refused bundle"
+        assert refused, f"{site} did not record the refused bundle\n{federation.site_logs()}"
     # the probe of the case: nothing but the Fleet API answers through the site-facing address
     acquire = AcquireTaskRequest(supported_task_types=["serverapp"]).SerializeToString()
     probe = {path: _through_the_fence(federation, method, path, body) for method, path, body in (

@@ -23,6 +23,7 @@ import argparse
 import logging
 import signal
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
@@ -112,16 +113,44 @@ def _acquire(poller: RuntimeHttpClient) -> tuple[str, int] | None:
     return (res.token, res.task.task_id) if res.HasField("task") and res.token else None
 
 
+class _Tasks:
+    """The runtime API's pending tasks, one at a time; `newer_waiting` claims the next one early
+    (the runner answers it next), for client/node/flower_task_input.py's stopped-run check."""
+
+    def __init__(self, poller: RuntimeHttpClient) -> None:
+        self.poller = poller
+        self.held: tuple[str, int] | None = None
+        self.lock = threading.Lock()
+
+    def newer_waiting(self) -> bool:
+        """Whether the SuperNode has another pending task (claimed here, kept for `next`); never raises."""
+        with self.lock:
+            if self.held is None:
+                try:
+                    self.held = _acquire(self.poller)
+                except Exception:  # RunnerRefused too: the poll loop reports it
+                    return False
+                if self.held is not None:
+                    log.info("task %s is waiting", self.held[1])
+            return self.held is not None
+
+    def next(self) -> tuple[str, int] | None:
+        """A task claimed by `newer_waiting`, else a newly acquired one (see _acquire), else None."""
+        with self.lock:
+            held, self.held = self.held, None
+        return held if held is not None else _acquire(self.poller)
+
+
 def serve(settings: NodeSettings, secret: bytes, app: ClientApp) -> None:
     """Poll and answer tasks until stopped by a signal. Raises RunnerRefused (see _acquire)."""
     poller = runtime_client(settings.runtime_address, [
         RuntimeVersionHttpInterceptor(component_name="SuperExec"),
         SuperExecAuthHttpInterceptor(master_secret=secret, protected_methods=ACQUIRE_METHODS)], retry=False)
-    joined, unreachable = _joined_runs(settings), False
+    tasks, joined, unreachable = _Tasks(poller), _joined_runs(settings), False
     try:
         while True:
             try:
-                acquired = _acquire(poller)
+                acquired = tasks.next()
             except httpx.TransportError:
                 if not unreachable:
                     log.info("waiting for the SuperNode's runtime API at %s", settings.runtime_address)
@@ -140,7 +169,7 @@ def serve(settings: NodeSettings, secret: bytes, app: ClientApp) -> None:
                 continue
             token, task_id = acquired
             log.info("task %s acquired", task_id)
-            outcome = run_task(settings.runtime_address, token, settings.approved_apps, app)
+            outcome = run_task(settings.runtime_address, token, settings.approved_apps, app, tasks.newer_waiting)
             if outcome is not None:
                 _record_safely(settings, outcome, joined)
     finally:

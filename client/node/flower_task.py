@@ -1,10 +1,11 @@
 """Flower adapter: one ClientApp task of the SuperNode, answered by the site's installed ClientApp.
 
 What `flwr/supernode/runtime/run_clientapp.py::run_clientapp` does for a task, with Flower's own
-functions (`pull_task_input`, `push_message`, `push_task_output`, the task heartbeat, the task
-token), except that the run's app bundle (FAB) is never installed and none of its code is ever
-imported: the bundle's SHA-256 is computed here from its bytes (a hash the coordinator claims is
-never used) and checked against the site's allow-list first. An unapproved bundle is answered
+functions (`push_message`, `push_task_output`, the task heartbeat, the task token; the input is
+pulled by client/node/flower_task_input.py, which gives up on a message of a stopped run),
+except that the run's app bundle (FAB) is never installed and none of its code is ever imported:
+the bundle's SHA-256 is computed here from its bytes (a hash the coordinator claims is never
+used) and checked against the site's allow-list first. An unapproved bundle is answered
 with error 606; an approved one is answered by `client.app.app`, as installed at the site.
 
 Nothing the coordinator sent is echoed back and no exception text leaves the site: failures
@@ -17,6 +18,7 @@ import hashlib
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,9 +31,10 @@ from flwr.supercore.heartbeat import HeartbeatSender
 from flwr.supercore.interceptors import RuntimeTokenHttpInterceptor, RuntimeVersionHttpInterceptor
 from flwr.supercore.retry.retry_invoker import RetryInvoker, exponential
 from flwr.supercore.runtime import RuntimeHttpClient
-from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
+from flwr.supernode.runtime.run_clientapp import push_message, push_task_output
 
 from client.node.approved_apps import AllowListError, read_allow_list
+from client.node.flower_task_input import TaskAbandoned, pull_task_input
 from client.run_key import RUN_ID_FIELD, run_key
 from configs.parse import ConfigError
 
@@ -163,11 +166,18 @@ def _finish(client: RuntimeHttpClient, heartbeat: HeartbeatSender, context: Cont
         client.close()
 
 
-def run_task(address: str, token: str, allow_list: Path, app: ClientApp) -> TaskOutcome | None:
+def _never() -> bool:
+    return False
+
+
+def run_task(address: str, token: str, allow_list: Path, app: ClientApp,
+             moved_on: Callable[[], bool] = _never) -> TaskOutcome | None:
     """Answer the task that `token` was issued for; None if its input could not be pulled.
 
-    Never raises for a failure of the task itself (logged here); the task is always marked
-    finished at the SuperNode when it can be reached.
+    `moved_on()`: whether the SuperNode has a newer task (see client/node/flower_task_input.py);
+    a task whose message the SuperNode dropped is then given up. Never raises for a failure of
+    the task itself (logged here); the task is always marked finished at the SuperNode when it
+    can be reached.
     """
     started = time.perf_counter()
     client = runtime_client(address, [RuntimeVersionHttpInterceptor(component_name="flwr-clientapp"),
@@ -177,7 +187,7 @@ def run_task(address: str, token: str, allow_list: Path, app: ClientApp) -> Task
     status, details, outcome = SubStatus.FAILED, "the site could not process the task", None
     try:
         heartbeat.start()
-        message, context, _run, fab = pull_task_input(client)
+        message, context, _run, fab = pull_task_input(client, moved_on)
         digest = hashlib.sha256(fab.content).hexdigest()  # never the hash the coordinator claims
         approved = digest in approved_hashes(allow_list)
         if approved:
@@ -191,6 +201,11 @@ def run_task(address: str, token: str, allow_list: Path, app: ClientApp) -> Task
                               _server_round(message), reply.error.code if reply.has_error() else None,
                               _epsilon(reply), time.perf_counter() - started, app_seconds,
                               approved and _replayed(app, message, reply), _run_key(message))
+    except TaskAbandoned as exc:
+        # no reply: the SuperNode does not wait for one, and a stray reply would hold back the next
+        # run's reply (its loop sends the replies it has, then pulls the next message first)
+        log.warning("task given up: %s; taking the next task", exc)
+        status, details = SubStatus.FAILED, "the SuperNode dropped the task's message"
     except Exception:  # a broken task must not stop the runner
         log.exception("task failed before its reply was sent")
         status = SubStatus.FAILED
