@@ -129,7 +129,9 @@ def score(model: torch.nn.Module, site: SiteSplits) -> SiteScore:
     y, z = logits(model, site.test)
     recalibration = fit_recalibration(val_y, val_z)
     p, raw = recalibration.probabilities(z), 1.0 / (1.0 + np.exp(-z))
-    return SiteScore(auroc(y, z) or float("nan"), average_precision(y, z) or float("nan"), recalibration.slope,
+    area, precision = auroc(y, z), average_precision(y, z)
+    return SiteScore(float("nan") if area is None else area, float("nan") if precision is None else precision,
+                     recalibration.slope,
                      recalibration.intercept, y, p, raw)
 
 

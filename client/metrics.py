@@ -35,12 +35,15 @@ def auroc(labels: np.ndarray, scores: np.ndarray) -> float | None:
 def average_precision(labels: np.ndarray, scores: np.ndarray) -> float | None:
     """Area under the precision-recall curve as average precision, AP = sum_k (R_k - R_{k-1}) P_k
     over the distinct score thresholds (ties form one threshold), as scikit-learn's
-    average_precision_score; None without a positive. [N] 0/1 labels, [N] scores -> float."""
+    average_precision_score; None without a positive, NaN if a score is NaN (a diverged model).
+    [N] 0/1 labels, [N] scores -> float."""
     labels = np.asarray(labels).astype(bool).ravel()
     scores = np.asarray(scores, dtype=np.float64).ravel()
     n_pos = int(labels.sum())
     if n_pos == 0:
         return None
+    if np.isnan(scores).any():
+        return float("nan")
     order = np.argsort(-scores, kind="mergesort")
     ordered, hits = scores[order], labels[order]
     last = np.r_[ordered[1:] != ordered[:-1], True]  # the last index of each tied threshold
@@ -63,12 +66,14 @@ def expected_calibration_error(labels: np.ndarray, probabilities: np.ndarray, bi
     """ECE of a binary classifier's probability of the positive class: sum over `bins` equal-width
     probability bins of (share of patients in the bin) x |observed positive rate - mean predicted
     probability| (Naeini et al. 2015; Guo et al. 2017 with the positive-class probability).
-    [N], [N] -> float in [0, 1]; NaN for no patient."""
+    [N], [N] -> float in [0, 1]; NaN for no patient or a NaN probability (a diverged model).
+    Raises ValueError for a probability outside [0, 1]."""
     y = np.asarray(labels, dtype=np.float64).ravel()
     p = np.asarray(probabilities, dtype=np.float64).ravel()
-    if len(p) == 0:
+    if len(p) == 0 or np.isnan(p).any():
         return float("nan")
+    if ((p < 0) | (p > 1)).any():
+        raise ValueError("expected_calibration_error: probabilities must lie in [0, 1]")
     which = np.minimum((p * bins).astype(np.int64), bins - 1)
-    count = np.bincount(which, minlength=bins)
     gap = np.abs(np.bincount(which, weights=y, minlength=bins) - np.bincount(which, weights=p, minlength=bins))
-    return float(gap.sum() / len(p)) if count.sum() else float("nan")
+    return float(gap.sum() / len(p))

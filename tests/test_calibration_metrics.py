@@ -46,3 +46,11 @@ def test_recalibration_recovers_the_slope_and_intercept_that_generated_the_label
                                             (np.r_[0, 1, 0], np.array([0.0, np.nan, 1.0]))])
 def test_nothing_to_fit_gives_the_identity(labels: np.ndarray, logits: np.ndarray) -> None:
     assert fit_recalibration(labels, logits) == Recalibration(1.0, 0.0)
+
+
+def test_a_diverged_model_gives_nan_metrics_not_a_crash() -> None:
+    y = np.array([0, 1, 1, 0])
+    assert np.isnan(expected_calibration_error(y, np.array([0.1, np.nan, 0.8, 0.3])))
+    assert np.isnan(average_precision(y, np.array([0.1, np.nan, 0.8, 0.3])))
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        expected_calibration_error(y, np.array([0.1, 1.5, 0.8, 0.3]))

@@ -249,9 +249,10 @@ def test_extreme_finite_activations_cannot_escape_clipping(experiment: Experimen
     torch.set_num_threads(1)  # as at a site; flush-to-zero is per thread
     torch.set_flush_denormal(True)
     try:
+        hidden = dataclasses.replace(experiment, model=dataclasses.replace(experiment.model, fusion_hidden=32))
         for i in range(3):
-            one = _rows(_batch(experiment), slice(i, i + 1))
-            model = _model(experiment)
+            one = _rows(_batch(hidden), slice(i, i + 1))
+            model = _model(hidden)  # the red team's weights need the head's hidden layer
             _extreme_weights(model)
             before = _flat(model)
             _private(model, one, batch_size=1, mode=mode, sigma=0.0, clip=clip).step(one, one.label)

@@ -40,8 +40,8 @@ class TaskAbandoned(RuntimeError):
 
 def pull_task_input(client: RuntimeHttpClient, moved_on: Callable[[], bool]) -> tuple[Message, Context, Run, Fab]:
     """(message, context, run, bundle) of the task `client`'s token is for, as Flower's own
-    pull_task_input. Raises TaskAbandoned when the message's content is unavailable and
-    `moved_on()` says the SuperNode has a newer task; RuntimeError when the SuperNode holds no
+    pull_task_input. Raises TaskAbandoned when the message's content is unavailable, `moved_on()`
+    says the SuperNode has a newer task, and one more pull still finds it unavailable; RuntimeError when the SuperNode holds no
     message for the task; httpx errors as the runtime API answers them."""
     res = client.PullTaskInput(PullTaskInputRequest())
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = res.task_id, res.run.run_id, res.context.node_id
@@ -56,10 +56,13 @@ def pull_task_input(client: RuntimeHttpClient, moved_on: Callable[[], bool]) -> 
         try:
             return pull_object(object_id)
         except ObjectUnavailableError:
-            if moved_on():
+            if not moved_on():
+                raise
+            try:  # a newer task means every older message's objects that will ever come are stored
+                return pull_object(object_id)  # (they may have landed just before it was created)
+            except ObjectUnavailableError:
                 raise TaskAbandoned(f"the SuperNode moved on to a newer task; the content of run "
                                     f"{context.run_id}'s message will never arrive (the run was stopped)") from None
-            raise
 
     message = pull_and_inflate_object_from_tree(  # a TaskAbandoned stops every pull and comes out here
         tree, pull_or_give_up,
