@@ -40,7 +40,7 @@ def test_help_lists_every_group_option_and_key_with_default_and_comment(
     assert "a round aggregates only when at least this many sites trained" in entry("strategy.min_sites=1")
     assert "per-sample clipping norm C" in entry("privacy.max_grad_norm=1.0")
     assert "[set by strategy=fedprox 0.01]" in entry("strategy.proximal_mu=0.0")  # a key only fedprox sets
-    for head in ("rounds=5", "train.lr=2.0", "data.root=null", "output.root=runs", "evaluation.min_cell=10",
+    for head in ("rounds=5", "train.lr=1.0", "data.root=null", "output.root=runs", "evaluation.min_cell=10",
                  "simulation.cpus_per_site=1", "model.image_channels=[8, 16, 32]"):
         assert entry(head)
 
