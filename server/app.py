@@ -142,7 +142,8 @@ def main(grid: Grid, context: Context) -> None:
         stopped = exc
     aggregated = [r.round for r in recorder.rounds.values() if r.aggregated]
     evaluated = [r.round for r in recorder.rounds.values() if r.evaluation and r.evaluation.auroc is not None]
-    status, reason = final_status(cfg.rounds, book.last_completed, aggregated, evaluated, stopped)
+    released = [r.round for r in recorder.rounds.values() if r.evaluation and r.evaluation.sites > 0]
+    status, reason = final_status(cfg.rounds, book.last_completed, aggregated, evaluated, stopped, released)
     _write_report(run_dir, book.write(status, reason))
     lock.close()
     recorder.console.print(recorder.table())

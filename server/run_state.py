@@ -96,15 +96,21 @@ def load_resume_point(run_dir: Path) -> ResumePoint | None:
 
 
 def final_status(planned: int, last_completed: int, aggregated: Sequence[int], evaluated: Sequence[int],
-                 stopped: RunStopped | None) -> tuple[str, str]:
-    """(status, reason) of a run that returned from its rounds (or stopped early)."""
+                 stopped: RunStopped | None, released: Sequence[int]) -> tuple[str, str]:
+    """(status, reason) of a run that returned from its rounds (or stopped early). `evaluated`:
+    rounds with a defined AUROC; `released`: rounds in which at least one site released metrics."""
     if stopped is not None:
         return stopped.status, stopped.reason
     if not aggregated:
         return FAILED, "no round aggregated a model: no site trained (see each round's failed sites)"
+    if not evaluated and not released:
+        return FAILED, ("no site released validation metrics in any round (each declined or failed: see the "
+                        "rounds' sites; strategy.fraction_evaluate must be > 0), so nothing measures the model")
     if not evaluated:
-        return FAILED, ("no round has a defined validation AUROC (no site evaluated, or none had both "
-                        "classes; strategy.fraction_evaluate must be > 0)")
+        return FAILED, ("sites released validation metrics, but in no round did the released counts define an "
+                        "AUROC: each site's counts showed fewer than one patient of a class (held-out patients "
+                        "too few for the site's DP noise, validation.noise_multiplier, or of one class only). "
+                        "Sites need more held-out patients, or a site may choose less noise or exact metrics")
     if last_completed < planned:
         return FAILED, f"only {last_completed} of {planned} rounds completed"
     if len(aggregated) == planned:

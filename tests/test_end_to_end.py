@@ -18,6 +18,7 @@ from client.site_data.loader import validation_mask
 from configs.load import load_experiment
 from model.networks import build_model
 from server.run_folder import load_checkpoint
+from site_yaml import release_exact_metrics
 
 
 LOOPBACK = {"0100007F", "00000000000000000000000001000000", "0000000000000000FFFF00000100007F"}
@@ -63,6 +64,7 @@ def test_two_sites_two_rounds_write_a_complete_run_folder(tmp_path: Path) -> Non
     sites = tmp_path / "sites"
     assert fedclinic("synth", "--sites", "2", "--patients", "150", "--image-size", "32", "--seed", "3",
                      "--out", str(sites), cwd=tmp_path).returncode == 0
+    release_exact_metrics(sites / "site-b")  # site-a releases DP metrics, site-b exact ones
     done, opened = fedclinic_watching_listeners(
         "run", f"data.root={sites}", "rounds=2", "train.batch_size=32", "privacy.target_epsilon=5",
         f"output.root={tmp_path / 'runs'}", cwd=tmp_path)
@@ -77,20 +79,23 @@ def test_two_sites_two_rounds_write_a_complete_run_folder(tmp_path: Path) -> Non
     assert not [m for m in root_format if re.search(rf"(INFO|WARNING|ERROR) :\s+{re.escape(m)}", console)]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert [r["round"] for r in summary["rounds"]] == [1, 2]
-    # DP validation metrics on ~30 held-out patients: noisy, and undefined when the noisy counts are
-    assert all(r["auroc"] is None or (0 <= r["auroc"] <= 1 and r["auroc_std"] > 0) for r in summary["rounds"])
-    # the last round whose noisy counts defined an AUROC (None in a round where they did not)
-    defined = [r["auroc"] for r in summary["rounds"] if r["auroc"] is not None]
-    assert summary["final_auroc"] == (defined[-1] if defined else None)
+    # site-b's exact metrics define every round's AUROC; site-a's DP ones over ~30 held-out
+    # patients are noisy, and undefined when its noisy counts show a class below one patient
+    assert all(0 <= r["auroc"] <= 1 and r["auroc_std"] >= 0 for r in summary["rounds"])
+    assert summary["final_auroc"] == summary["rounds"][-1]["auroc"]
     assert summary["target_epsilon"] == 5.0 and "sample-level" in summary["privacy_guarantee"]
     assert set(summary["sites"]) == {"site-a", "site-b"}
+    assert summary["sites"]["site-a"]["validation_metrics"] == "dp"
+    assert summary["sites"]["site-b"]["validation_metrics"].startswith("exact")
+    assert summary["sites"]["site-b"]["auroc"] is not None
     for name, site in summary["sites"].items():
-        assert 0 < site["epsilon"] <= 5.0 and site["delta"] == 1e-5 and site["validation_metrics"] == "dp"
+        assert 0 < site["epsilon"] <= 5.0 and site["delta"] == 1e-5
         assert site["num_train"] == -(-train_count(sites / name) // 32) * 32  # rounded up to the batch size
         assert site["auroc"] is None or 0 <= site["auroc"] <= 1
         ledger = sites / ".fedclinic-state" / name / "privacy-ledger.jsonl"
         spends = [json.loads(line) for line in ledger.read_text().splitlines()]
-        assert [s["kind"] for s in spends] == ["train", "evaluate"] * 2  # every release recorded, metrics included
+        # every release recorded, DP metrics included (exact metrics spend nothing)
+        assert [s["kind"] for s in spends] == (["train", "evaluate"] if name == "site-a" else ["train"]) * 2
         assert {s["run_id"] for s in spends} == {summary["run_id"]}  # the summary names the ledgers' run
         # a first run on this dataset: its lifetime ε is the run's, after the last evaluation too
         assert site["lifetime_epsilon"] == pytest.approx(site["epsilon"]) == pytest.approx(spends[-1]["run_epsilon"])
@@ -119,6 +124,7 @@ def test_labs_only_images_only_and_broken_sites_train_beside_a_full_site(tmp_pat
     assert fedclinic("synth", "--sites", "3", "--patients", "150", "--image-size", "32", "--seed", "5",
                      "--only", "site-b=labs", "site-c=image", "--out", str(sites), cwd=tmp_path).returncode == 0
     assert not (sites / "site-b" / "manifest.csv").exists() and not (sites / "site-c" / "labs.csv").exists()
+    release_exact_metrics(sites / "site-b")  # a defined AUROC in every round (tests/site_yaml.py)
     for bad in CORPUS:  # every non-fatal broken input, all at once, at the full site
         if bad.joins_the_combined_site:
             bad.mutate(sites / "site-a")
@@ -139,8 +145,7 @@ def test_budgets_carry_over_between_runs_and_a_site_declines_rounds_that_would_o
     policy = sites / "site-b" / "site.yaml"
     policy.write_text(policy.read_text().replace("lifetime_epsilon: 50.0", "lifetime_epsilon: 8.5"))
     for name in ("site-a", "site-c"):  # exact metrics: these two only need a defined AUROC
-        other = sites / name / "site.yaml"
-        other.write_text(other.read_text().replace("  seed: 0\n", "  seed: 0\n  release: exact\n"))
+        release_exact_metrics(sites / name)
     common = ("run", f"data.root={sites}", "rounds=4", "train.batch_size=32", f"output.root={tmp_path / 'runs'}")
     summaries = []
     for target in (5, 8, 8):

@@ -33,10 +33,12 @@ from tests.coordinator_procs import (BIN, Started, fedclinic, free_port, https_s
                                      init_site, listening_addresses, process_tree, start_coordinator,
                                      start_site)
 from tests.pki import make_pki
+from tests.site_yaml import release_exact_metrics
 
 pytestmark = pytest.mark.slow
 
 SITES = ("site-a", "site-b", "site-c")
+EXACT = "site-a"  # trusts the coordinator with exact metrics: every round's AUROC is defined (tests/site_yaml.py)
 EVILAPP = Path(__file__).parent / "fixtures" / "evilapp"
 FAST = ("train.local_epochs=1", "train.batch_size=32")
 
@@ -97,6 +99,7 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]
     root = tmp_path_factory.mktemp("federation")
     (root / "out").mkdir()
     data = {f.name: f for f in write_hospitals(root / "data", sites=3, patients=80, seed=11, image_size=32)}
+    release_exact_metrics(data[EXACT])
     fence_port, _ = init_coordinator(root / "coordinator")
     coordinator = start_coordinator(root / "coordinator", root / "out" / "coordinator.out")
     fed = Federation(root, CoordinatorFolder.at(root / "coordinator"), fence_port, coordinator, data)
@@ -126,7 +129,8 @@ def test_three_hospitals_train_end_to_end_and_each_ledger_holds_what_the_summary
     assert set(summary["sites"]) == set(SITES)
     for name in SITES:
         spends = [s for s in federation.spends(name) if s.run_id == summary["run_id"]]
-        assert {s.kind for s in spends} == {"train", "evaluate"}, f"{name}: {spends}"
+        # a DP metrics release is a spend; exact metrics are not
+        assert {s.kind for s in spends} == ({"train"} if name == EXACT else {"train", "evaluate"}), f"{name}: {spends}"
         assert spends[-1].run_epsilon == pytest.approx(summary["sites"][name]["epsilon"], abs=1e-3)
         joined = [e for e in read_events(federation.state(name) / "audit.jsonl").events if e["event"] == "run-joined"]
         assert joined[-1]["app_sha256"] == release_fab()[1]
@@ -160,7 +164,8 @@ def test_ctrl_c_stops_the_run_at_the_superlink_and_resume_completes_it_without_s
     assert len(summary["flower_run_ids"]) == 2
     for name in SITES:  # the interrupted round's repeated request was answered from the site's stored release
         spends = [(s.round, s.kind) for s in federation.spends(name) if s.run_id == summary["run_id"]]
-        assert sorted(spends) == sorted((r, k) for r in (1, 2, 3) for k in ("train", "evaluate")), \
+        kinds = ("train",) if name == EXACT else ("train", "evaluate")
+        assert sorted(spends) == sorted((r, k) for r in (1, 2, 3) for k in kinds), \
             (name, spends, federation.site_logs())
 
 

@@ -20,8 +20,8 @@ from server.flower.recording import RoundRules
 from server.flower.strategies import build_strategy
 from server.recorder import RunRecorder
 from server.run_folder import CHECKPOINT, load_checkpoint
-from server.run_state import (BUDGET_EXHAUSTED, ResumePoint, RunStopped, load_resume_point, save_resume_point,
-                              split_strategy_state, strategy_state_arrays)
+from server.run_state import (BUDGET_EXHAUSTED, COMPLETED, FAILED, ResumePoint, RunStopped, final_status,
+                              load_resume_point, save_resume_point, split_strategy_state, strategy_state_arrays)
 
 pytestmark = pytest.mark.usefixtures("task_identity")
 
@@ -139,6 +139,22 @@ def test_every_site_declining_for_budget_stops_the_run(tmp_path: Path) -> None:
     assert stopped.value.status == BUDGET_EXHAUSTED and "privacy report" in stopped.value.reason
     outcome = strategy.recorder.rounds[1].participation["site-1"]["train"]
     assert (outcome.status, outcome.code) == ("declined", 701)
+
+
+def test_the_final_status_says_why_a_run_measured_nothing() -> None:
+    # final_status(planned, last completed, aggregated, with a defined AUROC, stopped, with released metrics)
+    assert final_status(2, 2, [1, 2], [2], None, [1, 2]) == (COMPLETED, "all 2 rounds ran and aggregated")
+    assert final_status(2, 2, [2], [2], None, [2])[0] == COMPLETED
+    assert final_status(2, 2, [], [], None, [])[0] == FAILED
+    nothing_released = final_status(2, 2, [1, 2], [], None, [])
+    assert nothing_released[0] == FAILED and "no site released validation metrics" in nothing_released[1]
+    # metrics came back, but every site's noisy counts hid a class: the reason names the noise and the fix
+    too_noisy = final_status(2, 2, [1, 2], [], None, [1, 2])
+    assert too_noisy[0] == FAILED and "validation.noise_multiplier" in too_noisy[1]
+    assert "more held-out patients" in too_noisy[1]
+    assert final_status(3, 2, [1, 2], [2], None, [1, 2]) == (FAILED, "only 2 of 3 rounds completed")
+    stopped = RunStopped(BUDGET_EXHAUSTED, "every site declined")
+    assert final_status(3, 1, [1], [], stopped, []) == (BUDGET_EXHAUSTED, "every site declined")
 
 
 def test_a_site_that_does_not_answer_is_timed_out_and_named(tmp_path: Path) -> None:
