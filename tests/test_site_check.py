@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 from bad_inputs import CORPUS
 from site_yaml import set_sections
@@ -138,3 +139,22 @@ def test_the_check_says_when_this_site_would_refuse_the_requested_configuration(
     done = site_check(site, "--state-dir", str(tmp_path / "state"))
     assert done.returncode == 1 and "refuses the requested configuration: data.image_size" in done.stdout
     assert site_check(site, "data.image_size=16", "--state-dir", str(tmp_path / "state")).returncode == 0
+
+
+def test_the_check_warns_when_the_held_out_split_is_too_small_for_the_dp_metrics_noise(site_copy: Path,
+                                                                                     tmp_path: Path) -> None:
+    """24 held-out patients (7 positive) against noise of std 5 x sqrt(10) = 15.8 patients per class:
+    most DP releases would show a class below one patient. Less noise, or exact metrics, silence it."""
+    def noise_warnings(name: str) -> list[str]:
+        share = tmp_path / f"{name}.json"
+        done = site_check(site_copy, "--share", str(share), "--state-dir", str(tmp_path / name))
+        assert done.returncode == 0, done.stdout + done.stderr
+        return [w for w in json.loads(share.read_text())["warnings"] if "noise of the DP metrics release" in w]
+
+    (warning,) = noise_warnings("default")
+    assert "std 15.8 patients per class" in warning and "validation.fraction" in warning
+    validation = yaml.safe_load((site_copy / "site.yaml").read_text())["validation"]
+    set_sections(site_copy, validation={**validation, "noise_multiplier": 0.5})  # std 1.6: enough patients
+    assert noise_warnings("quiet") == []
+    set_sections(site_copy, validation={**validation, "release": "exact"})
+    assert noise_warnings("exact") == []

@@ -7,6 +7,7 @@ site IT can share it with the central team.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -16,10 +17,11 @@ from client.site_data.loader import LoadReport, SiteArrays, SiteDataError, load_
 from client.site_data.labels import read_labels
 from client.site_data.readiness.lab_advice import lab_warnings
 from client.recipe import check_data_limits, site_experiment
+from client.score_bins import BINS
 from client.site_file import read_site_file
 from configs.load import released_experiment
 from configs.parse import ConfigError
-from configs.schema import DataConfig, ExperimentConfig, SiteFileConfig
+from configs.schema import DataConfig, ExperimentConfig, SiteFileConfig, ValidationSplit
 from privacy.accountant import epsilon_spent
 from privacy.ledger import LEDGER_FILE, Ledger, LedgerError
 from privacy.policy import account
@@ -48,8 +50,31 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
-def _warnings(arrays: SiteArrays, report: LoadReport, min_validation: int) -> list[str]:
+def release_noise(validation: ValidationSplit) -> float:
+    """Std (patients) of the noise a DP metrics release adds to one outcome class's total: each of
+    the class's BINS cells gets N(0, noise_multiplier^2) (client/validation_release.py)."""
+    return validation.noise_multiplier * math.sqrt(BINS)
+
+
+def _release_warning(arrays: SiteArrays, validation: ValidationSplit) -> str | None:
+    """A warning when the held-out split's smaller outcome class is under twice the release's
+    noise std: then a class's noisy total falls below one patient (no AUROC) in more than ~2% of
+    releases, and the AUROC that is defined is mostly noise. The class size is not named (the
+    report is shareable)."""
+    held_out = arrays.label[arrays.is_val]
+    smaller = int(min((held_out > 0.5).sum(), (held_out <= 0.5).sum()))
+    noise = release_noise(validation)
+    if validation.release != "dp" or smaller == 0 or smaller >= 2 * noise:
+        return None
+    return (f"the held-out split has fewer patients of one outcome class than twice the noise of the DP metrics "
+            f"release (std {noise:.1f} patients per class: validation.noise_multiplier "
+            f"{validation.noise_multiplier:g} on each of {BINS} score bins): many rounds will report no AUROC "
+            "and the rest a noisy one; hold out more patients (validation.fraction) if the site has them")
+
+
+def _warnings(arrays: SiteArrays, report: LoadReport, validation: ValidationSplit) -> list[str]:
     out = []
+    min_validation = validation.min_patients
     train = int(arrays.is_train.sum())
     if 0 < train < MIN_TRAIN_PATIENTS:
         out.append(f"only {_count(train, 'training patient')}: DP noise will dominate at this size")
@@ -60,6 +85,8 @@ def _warnings(arrays: SiteArrays, report: LoadReport, min_validation: int) -> li
     if int(arrays.is_val.sum()) < min_validation:
         out.append(f"only {_count(int(arrays.is_val.sum()), 'held-out patient')} (< validation.min_patients "
                    f"{min_validation}): the site will not report validation metrics")
+    elif (noisy := _release_warning(arrays, validation)) is not None:
+        out.append(noisy)
     for name, count in report.coverage.items():
         if count == 0:
             out.append(f"no patient has a usable {name}: the site trains without it")
@@ -138,7 +165,7 @@ def check_site(site: SiteSettings, data: DataConfig, recipe: ExperimentConfig | 
         reason = "no labelled patient has a usable image, lab result or note"
     elif train == 0:
         reason = "no patient falls in the training split; add patients or lower validation.fraction in site.yaml"
-    warnings = [*_warnings(arrays, report, site_file.validation.min_patients), *_privacy_warnings(site_file, privacy)]
+    warnings = [*_warnings(arrays, report, site_file.validation), *_privacy_warnings(site_file, privacy)]
     return Readiness(site.name, reason is None, reason, tuple(warnings) if reason is None else (),
                      report, train, val, privacy)
 
