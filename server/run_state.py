@@ -109,8 +109,8 @@ def final_status(planned: int, last_completed: int, aggregated: Sequence[int], e
     if not evaluated:
         return FAILED, ("sites released validation metrics, but in no round did the released counts define an "
                         "AUROC: each site's counts showed fewer than one patient of a class (held-out patients "
-                        "too few for the site's DP noise, validation.noise_multiplier, or of one class only). "
-                        "Sites need more held-out patients, or a site may choose less noise or exact metrics")
+                        "too few for the site's DP noise, validation.noise_multiplier, or of one class only): "
+                        "sites need more held-out patients (validation.fraction, or more data)")
     if last_completed < planned:
         return FAILED, f"only {last_completed} of {planned} rounds completed"
     if len(aggregated) == planned:

@@ -18,6 +18,7 @@ from client.site_data.loader import validation_mask
 from configs.load import load_experiment
 from model.networks import build_model
 from server.run_folder import load_checkpoint
+from server.run_state import load_resume_point
 from site_yaml import release_exact_metrics
 
 
@@ -81,8 +82,20 @@ def test_two_sites_two_rounds_write_a_complete_run_folder(tmp_path: Path) -> Non
     assert [r["round"] for r in summary["rounds"]] == [1, 2]
     # site-b's exact metrics define every round's AUROC; site-a's DP ones over ~30 held-out
     # patients are noisy, and undefined when its noisy counts show a class below one patient
-    assert all(0 <= r["auroc"] <= 1 and r["auroc_std"] >= 0 for r in summary["rounds"])
+    assert all(0 <= r["auroc"] <= 1 for r in summary["rounds"])
     assert summary["final_auroc"] == summary["rounds"][-1]["auroc"]
+    point = load_resume_point(run_dir)
+    assert point is not None
+    recorded = point.rounds  # what each site released, as the coordinator received it
+    for r, kept in zip(summary["rounds"], recorded, strict=True):
+        evals = {e["site"]: e for e in kept["site_evals"]}
+        dp, exact = evals["site-a"], evals["site-b"]
+        assert dp["dp"] and not exact["dp"] and exact["auroc_std"] == 0
+        cells = [*dp["histogram_positive"], *dp["histogram_negative"]]  # 20 noisy counts, none whole
+        assert len(cells) == 20 and not any(float(c).is_integer() for c in cells)
+        assert all(float(c).is_integer() for c in [*exact["histogram_positive"], *exact["histogram_negative"]])
+        # the round's AUROC carries site-a's noise exactly when site-a's counts defined its AUROC
+        assert (r["auroc_std"] > 0) == (dp["auroc"] is not None), (r, dp)
     assert summary["target_epsilon"] == 5.0 and "sample-level" in summary["privacy_guarantee"]
     assert set(summary["sites"]) == {"site-a", "site-b"}
     assert summary["sites"]["site-a"]["validation_metrics"] == "dp"

@@ -132,6 +132,8 @@ def test_three_hospitals_train_end_to_end_and_each_ledger_holds_what_the_summary
         # a DP metrics release is a spend; exact metrics are not
         assert {s.kind for s in spends} == ({"train"} if name == EXACT else {"train", "evaluate"}), f"{name}: {spends}"
         assert spends[-1].run_epsilon == pytest.approx(summary["sites"][name]["epsilon"], abs=1e-3)
+        assert summary["sites"][name]["validation_metrics"].startswith("exact" if name == EXACT else "dp")
+        assert [summary["participation"][r][name]["evaluate"]["status"] for r in ("1", "2")] == ["evaluated"] * 2
         joined = [e for e in read_events(federation.state(name) / "audit.jsonl").events if e["event"] == "run-joined"]
         assert joined[-1]["app_sha256"] == release_fab()[1]
 

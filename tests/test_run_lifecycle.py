@@ -74,6 +74,8 @@ def test_each_strategy_runs_two_sites_two_rounds(two_sites: Path, tmp_path: Path
     for site in ("site-a", "site-b"):  # the sites' ledgers know the run by the run folder's name
         spends = _spends(sites, site, summary["run_id"])
         assert sorted(s["round"] for s in spends if s["kind"] == "train") == [1, 2]
+        assert [summary["participation"][r][site]["evaluate"]["status"] for r in ("1", "2")] == ["evaluated"] * 2
+    assert summary["sites"]["site-a"]["validation_metrics"] == "dp"  # site-b: exact (the fixture)
     if strategy == "fedadam":  # the server optimiser's moments are in the resume point
         import torch
         state = torch.load(run_dir / "resume.pt", weights_only=True)["strategy_state"]
@@ -188,6 +190,7 @@ def test_resume_after_the_coordinator_is_killed_covers_every_round_once(two_site
         assert sorted(kinds) == sorted({(r, k) for r in (1, 2, 3) for k in released})
         assert len({s["noise_multiplier"] for s in spends if s["kind"] == "train"}) == 1
         assert summary["sites"][site]["epsilon"] == pytest.approx(spends[-1]["run_epsilon"], abs=1e-3)
+        assert [summary["participation"][r][site]["evaluate"]["status"] for r in ("1", "2", "3")] == ["evaluated"] * 3
 
 
 def test_a_run_folder_is_run_by_one_process_at_a_time(tmp_path: Path) -> None:

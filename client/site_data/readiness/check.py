@@ -57,10 +57,10 @@ def release_noise(validation: ValidationSplit) -> float:
 
 
 def _release_warning(arrays: SiteArrays, validation: ValidationSplit) -> str | None:
-    """A warning when the held-out split's smaller outcome class is under twice the release's
-    noise std: then a class's noisy total falls below one patient (no AUROC) in more than ~2% of
-    releases, and the AUROC that is defined is mostly noise. The class size is not named (the
-    report is shareable)."""
+    """A warning when the held-out split's smaller outcome class (n >= 1 patients) is under twice
+    the release's noise std s: its noisy total then falls below one patient (no AUROC) in
+    Phi((1 - n) / s) of releases, from ~3% just under the threshold up to half at n = 1, and the
+    AUROC that is defined is mostly noise. The class size is not named (the report is shareable)."""
     held_out = arrays.label[arrays.is_val]
     smaller = int(min((held_out > 0.5).sum(), (held_out <= 0.5).sum()))
     noise = release_noise(validation)
@@ -68,8 +68,8 @@ def _release_warning(arrays: SiteArrays, validation: ValidationSplit) -> str | N
         return None
     return (f"the held-out split has fewer patients of one outcome class than twice the noise of the DP metrics "
             f"release (std {noise:.1f} patients per class: validation.noise_multiplier "
-            f"{validation.noise_multiplier:g} on each of {BINS} score bins): many rounds will report no AUROC "
-            "and the rest a noisy one; hold out more patients (validation.fraction) if the site has them")
+            f"{validation.noise_multiplier:g} on each of {BINS} score bins): some rounds (up to half) will report "
+            "no AUROC and the rest a noisy one; hold out more patients (validation.fraction) if the site has them")
 
 
 def _warnings(arrays: SiteArrays, report: LoadReport, validation: ValidationSplit) -> list[str]:
@@ -81,7 +81,9 @@ def _warnings(arrays: SiteArrays, report: LoadReport, validation: ValidationSpli
     if len(set(arrays.label[arrays.is_train].tolist())) < 2:
         out.append("the training split has a single outcome class")
     if not (arrays.is_val.any() and len(set(arrays.label[arrays.is_val].tolist())) == 2):
-        out.append("the validation split lacks one outcome class: AUROC cannot be computed here")
+        out.append("the validation split lacks one outcome class: AUROC cannot be computed here"
+                   + (" (a DP release's noise may still show both classes: any AUROC it defines is noise only)"
+                      if validation.release == "dp" else ""))
     if int(arrays.is_val.sum()) < min_validation:
         out.append(f"only {_count(int(arrays.is_val.sum()), 'held-out patient')} (< validation.min_patients "
                    f"{min_validation}): the site will not report validation metrics")
