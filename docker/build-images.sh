@@ -15,7 +15,8 @@
 #       does not read this variable itself). vfs works where overlayfs does not, but copies every
 #       layer in full (about 30 GB for these images instead of 4 GB).
 #   BUILDAH_ISOLATION [chroot]  how RUN steps are isolated; chroot needs no user namespaces.
-#   FEDCLINIC_BUILD_CACHE [/var/tmp/fedclinic-images]  the hadolint venv, debootstrap scratch.
+#   FEDCLINIC_BUILD_CACHE [$XDG_CACHE_HOME or ~/.cache, then fedclinic-images]  the hadolint venv,
+#       debootstrap scratch.
 #   DEBIAN_MIRROR [http://deb.debian.org/debian]  debootstrap's mirror.
 #   TORCH_VARIANT [cpu]  cpu or cuda (see docker/Dockerfile); TORCH_INDEX_URL overrides the index.
 #   PIP_FIND_LINKS, PIP_EXTRA_INDEX_URL, PIP_CERT  [from the environment, else `pip config`]:
@@ -26,7 +27,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 STORAGE_DRIVER="${STORAGE_DRIVER:-overlay}"
 export BUILDAH_ISOLATION="${BUILDAH_ISOLATION:-chroot}"
-CACHE="${FEDCLINIC_BUILD_CACHE:-/var/tmp/fedclinic-images}"
+CACHE="${FEDCLINIC_BUILD_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/fedclinic-images}"
 MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 BASE=localhost/fedclinic-base:bookworm
 VENV_IMAGE=localhost/fedclinic-build-venv:latest  # the venv stage, tagged to keep it as the cache
@@ -174,8 +175,9 @@ check_site() {
     say "check: $SITE_IMAGE"
     in_image "$SITE_IMAGE" 'set -eux; id; fedclinic --version
         python -c "import torch; print(\"torch\", torch.__version__, \"cuda\", torch.version.cuda)"
-        fedclinic synth --sites 1 --patients 40 --out /tmp/s
-        fedclinic site check /tmp/s/site-a'
+        sites="$(mktemp -d)"
+        fedclinic synth --sites 1 --patients 40 --out "$sites"
+        fedclinic site check "$sites/site-a"'
 }
 
 check_coordinator() {

@@ -14,7 +14,7 @@ STORAGE_DRIVER="${STORAGE_DRIVER:-overlay}"
 PORT="${FEDCLINIC_SMOKE_PORT:-29092}"
 COORDINATOR_IMAGE=localhost/fedclinic-coordinator:latest
 SITE_IMAGE=localhost/fedclinic-site:latest
-work="$(mktemp -d /var/tmp/fedclinic-smoke.XXXXXX)"
+work="$(mktemp -d -t fedclinic-smoke.XXXXXX)"
 containers=()
 runs=()
 
