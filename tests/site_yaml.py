@@ -9,12 +9,16 @@ from typing import Any
 import yaml
 
 
+def read_sections(site: Path) -> dict[str, Any]:
+    """`site`/site.yaml's top-level sections ({} for a site without one)."""
+    path = site / "site.yaml"
+    return (yaml.safe_load(path.read_text(encoding="utf-8")) if path.exists() else None) or {}
+
+
 def set_sections(site: Path, **sections: Any) -> None:
     """Replace (or add) each top-level section of `site`/site.yaml with the value given."""
-    path = site / "site.yaml"
-    raw = (yaml.safe_load(path.read_text(encoding="utf-8")) if path.exists() else None) or {}
-    raw.update(sections)
-    path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    raw = {**read_sections(site), **sections}
+    (site / "site.yaml").write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
 
 
 def release_exact_metrics(site: Path) -> None:
@@ -27,7 +31,4 @@ def release_exact_metrics(site: Path) -> None:
     patient in 35-60% of releases, and a multi-round run in which every site releases with DP
     ends `failed` in several per cent of tries. One exact site (with both classes held out)
     defines every round's AUROC; the other sites still exercise the DP release."""
-    path = site / "site.yaml"
-    raw = (yaml.safe_load(path.read_text(encoding="utf-8")) if path.exists() else None) or {}
-    raw["validation"] = {**(raw.get("validation") or {}), "release": "exact"}
-    path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    set_sections(site, validation={**(read_sections(site).get("validation") or {}), "release": "exact"})

@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
 
 from bad_inputs import CORPUS
-from site_yaml import set_sections
+from site_yaml import read_sections, set_sections
 
 
 def site_check(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -153,7 +152,7 @@ def test_the_check_warns_when_the_held_out_split_is_too_small_for_the_dp_metrics
 
     (warning,) = noise_warnings("default")
     assert "std 15.8 patients per class" in warning and "validation.fraction" in warning
-    validation = yaml.safe_load((site_copy / "site.yaml").read_text())["validation"]
+    validation = read_sections(site_copy)["validation"]
     set_sections(site_copy, validation={**validation, "noise_multiplier": 0.5})  # std 1.6: enough patients
     assert noise_warnings("quiet") == []
     set_sections(site_copy, validation={**validation, "release": "exact"})

@@ -50,12 +50,6 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
-def release_noise(validation: ValidationSplit) -> float:
-    """Std (patients) of the noise a DP metrics release adds to one outcome class's total: each of
-    the class's BINS cells gets N(0, noise_multiplier^2) (client/validation_release.py)."""
-    return validation.noise_multiplier * math.sqrt(BINS)
-
-
 def _release_warning(arrays: SiteArrays, validation: ValidationSplit) -> str | None:
     """A warning when the held-out split's smaller outcome class (n >= 1 patients) is under twice
     the release's noise std s: its noisy total then falls below one patient (no AUROC) in
@@ -63,7 +57,7 @@ def _release_warning(arrays: SiteArrays, validation: ValidationSplit) -> str | N
     AUROC that is defined is mostly noise. The class size is not named (the report is shareable)."""
     held_out = arrays.label[arrays.is_val]
     smaller = int(min((held_out > 0.5).sum(), (held_out <= 0.5).sum()))
-    noise = release_noise(validation)
+    noise = validation.noise_multiplier * math.sqrt(BINS)  # each of a class's BINS cells gets N(0, sigma^2)
     if validation.release != "dp" or smaller == 0 or smaller >= 2 * noise:
         return None
     return (f"the held-out split has fewer patients of one outcome class than twice the noise of the DP metrics "
